@@ -1,0 +1,163 @@
+"""Validated training configuration: defaults, YAML in/out, `key=value` overrides.
+
+Unknown keys and out-of-range values raise `VoxtuneError` naming the key, at the edge
+where the bad value enters (a YAML file, a `--set`, a search-space sample).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from voxtune.errors import VoxtuneError
+
+MODELS = ("unet3d", "segresnet", "dynunet")
+NORMS = ("bn", "gn", "in", "none")
+LOSSES = ("dice", "dicece")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults follow Berral et al. 2022 (3D U-Net, filter_start 8, depth 3)."""
+
+    model: str = "unet3d"
+    filter_start: int = 8
+    depth: int = 3
+    norm: str = "bn"
+    kernel_size: int = 3
+    lr: float = 1e-3
+    beta2: float = 0.999
+    amsgrad: bool = False
+    batch_size: int = 2
+    epochs: int = 10
+    patch_size: list[int] | None = None  # null = whole volume
+    loss: str = "dice"
+    seed: int = 0
+    amp: bool = True  # only takes effect on CUDA
+    num_workers: int = 0  # data-loading processes per training worker
+    scale_lr: bool = False  # multiply lr by the DDP world size, as the paper did
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+KEYS = tuple(f.name for f in fields(TrainConfig))
+
+
+def _check(key: str, ok: bool, what: str) -> None:
+    if not ok:
+        raise VoxtuneError(f"config key '{key}': {what}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's type, or raise naming the key."""
+    default = getattr(TrainConfig, key, None)
+    if key == "patch_size":
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        if isinstance(value, int):
+            value = [value] * 3
+        _check(key, isinstance(value, (list, tuple)) and len(value) == 3
+               and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in value),
+               f"expected three integers >= 8 or null, got {value!r}")
+        return [int(v) for v in value]
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            low = value.lower()
+            _check(key, low in ("true", "false", "1", "0", "yes", "no"), f"expected true or false, got {value!r}")
+            return low in ("true", "1", "yes")
+        _check(key, isinstance(value, bool), f"expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise VoxtuneError(f"config key '{key}': expected an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise VoxtuneError(f"config key '{key}': expected a number, got {value!r}") from None
+    _check(key, isinstance(value, str), f"expected a string, got {value!r}")
+    return value
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range checks; returns cfg unchanged or raises naming the first bad key."""
+    _check("model", cfg.model in MODELS, f"'{cfg.model}' is not one of {', '.join(MODELS)}")
+    _check("norm", cfg.norm in NORMS, f"'{cfg.norm}' is not one of {', '.join(NORMS)}")
+    _check("loss", cfg.loss in LOSSES, f"'{cfg.loss}' is not one of {', '.join(LOSSES)}")
+    _check("filter_start", 1 <= cfg.filter_start <= 512, f"{cfg.filter_start} is outside 1..512")
+    _check("depth", 1 <= cfg.depth <= 6, f"{cfg.depth} is outside 1..6")
+    _check("kernel_size", cfg.kernel_size in (3, 5), f"{cfg.kernel_size} must be 3 or 5")
+    _check("lr", 0 < cfg.lr < 1, f"{cfg.lr} must be in (0, 1)")
+    _check("beta2", 0 < cfg.beta2 < 1, f"{cfg.beta2} must be in (0, 1)")
+    _check("batch_size", 1 <= cfg.batch_size <= 1024, f"{cfg.batch_size} is outside 1..1024")
+    _check("epochs", 1 <= cfg.epochs <= 100000, f"{cfg.epochs} is outside 1..100000")
+    _check("num_workers", 0 <= cfg.num_workers <= 64, f"{cfg.num_workers} is outside 0..64")
+    _check("seed", cfg.seed >= 0, f"{cfg.seed} must be >= 0")
+    if cfg.patch_size is not None:
+        step = 2 ** cfg.depth
+        _check("patch_size", all(p % step == 0 for p in cfg.patch_size),
+               f"{cfg.patch_size} must be divisible by 2**depth = {step}")
+    return cfg
+
+
+def make_config(values: dict[str, Any] | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    """Build a validated config from `values` over `base` (defaults when None)."""
+    merged = (base or TrainConfig()).to_dict()
+    for key, value in (values or {}).items():
+        if key not in KEYS:
+            raise VoxtuneError(f"unknown config key '{key}'; known keys: {', '.join(KEYS)}")
+        merged[key] = _coerce(key, value)
+    return validate(TrainConfig(**merged))
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`["lr=0.001", "norm=gn"]` -> {"lr": "0.001", "norm": "gn"} (coerced later, per key)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise VoxtuneError(f"--set expects key=value, got '{pair}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Safe-load a YAML mapping; any problem is one line naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VoxtuneError(f"{path}: file not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VoxtuneError(f"{path}: not readable as YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise VoxtuneError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- overrides, validated."""
+    values = read_yaml(path) if path else {}
+    try:
+        cfg = make_config(values)
+    except VoxtuneError as exc:
+        raise VoxtuneError(f"{path}: {exc}") from None
+    return make_config(overrides or {}, base=cfg)
+
+
+def write_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
