@@ -1,0 +1,201 @@
+"""Medical Segmentation Decathlon task folders: dataset.json, safe case paths, NIfTI cases.
+
+The case list comes from dataset.json only (never a glob: the official tarball carries macOS
+`._*` junk beside every case). Problems with the whole file raise `VoxtuneError`; problems with
+one case raise `CaseError` so the caller can skip that case and go on with the others.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxtune.errors import VoxtuneError
+
+DATASET_JSON = "dataset.json"
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CaseError(VoxtuneError):
+    """One case cannot be used; `reason` says why in a few words naming the file."""
+
+    def __init__(self, case_id: str, reason: str):
+        super().__init__(f"case {case_id}: {reason}")
+        self.case_id = case_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """One `training` entry of dataset.json: paths exactly as written there ("./imagesTr/X.nii.gz")."""
+
+    case_id: str
+    image: str
+    label: str
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What voxtune needs from dataset.json."""
+
+    root: Path
+    modalities: list[str]          # in channel order, e.g. ["FLAIR", "T1w", "t1gd", "T2w"]
+    labels: dict[int, str]         # label value -> name
+    training: list[CaseEntry]
+    test: list[str]
+
+
+def case_id_from_path(rel: str) -> str:
+    """`./imagesTr/BRATS_001.nii.gz` -> `BRATS_001`."""
+    name = rel.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _bad(key: str, what: str) -> VoxtuneError:
+    return VoxtuneError(f"{DATASET_JSON}: {key} {what}; fix the file or re-download the task")
+
+
+def _str_dict(meta: dict, key: str) -> dict[str, str]:
+    value = meta.get(key)
+    if not isinstance(value, dict) or not value or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in value.items()):
+        raise _bad(f'"{key}"', 'must be a non-empty object like {"0": "name", ...}')
+    return value
+
+
+def read_task(root: str | Path) -> TaskInfo:
+    """Read and validate `root/dataset.json`. Bad JSON, missing keys or wrong types -> VoxtuneError."""
+    root = Path(root)
+    path = root / DATASET_JSON
+    if not root.is_dir():
+        raise VoxtuneError(f"{root}: no such folder; --source must be an MSD task folder")
+    if not path.is_file():
+        raise VoxtuneError(f"{path}: missing; --source must be an MSD task folder holding {DATASET_JSON}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VoxtuneError(f"{path}: not valid JSON ({exc}); fix or re-download the file") from None
+    if not isinstance(meta, dict):
+        raise _bad("top level", "must be a JSON object")
+    for key in ("modality", "labels", "training", "numTraining"):
+        if key not in meta:
+            raise _bad(f'key "{key}"', "is missing")
+
+    modality = _str_dict(meta, "modality")
+    modalities = [modality[k] for k in sorted(modality, key=int)]
+    if sorted(int(k) for k in modality) != list(range(len(modality))):
+        raise _bad('"modality"', "keys must be 0, 1, ... without gaps")
+    labels = {int(k): v for k, v in _str_dict(meta, "labels").items()}
+
+    training = meta["training"]
+    if not isinstance(training, list) or not training:
+        raise _bad('"training"', "must be a non-empty list of {\"image\": ..., \"label\": ...}")
+    entries, seen = [], set()
+    for i, item in enumerate(training):
+        if not (isinstance(item, dict) and isinstance(item.get("image"), str)
+                and isinstance(item.get("label"), str)):
+            raise _bad(f'"training"[{i}]', 'must be {"image": "./imagesTr/...", "label": "./labelsTr/..."}')
+        case_id = case_id_from_path(item["image"])
+        if case_id in seen:
+            raise _bad(f'"training"[{i}]', f"repeats case {case_id}")
+        seen.add(case_id)
+        entries.append(CaseEntry(case_id, item["image"], item["label"]))
+    num = meta["numTraining"]
+    if not isinstance(num, int) or isinstance(num, bool):
+        raise _bad('"numTraining"', f"must be an integer, got {num!r}")
+    if num != len(training):
+        raise _bad('"numTraining"', f"is {num} but \"training\" lists {len(training)} cases")
+
+    test = meta.get("test", [])
+    if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
+        raise _bad('"test"', "must be a list of paths")
+    return TaskInfo(root=root, modalities=modalities, labels=labels, training=entries, test=test)
+
+
+def resolve_case_path(root: str | Path, rel: str, case_id: str) -> Path:
+    """`rel` (as written in dataset.json) under `root`; anything resolving outside root -> CaseError.
+
+    Symlinks are followed before the check, so a link pointing out of the dataset is refused too.
+    """
+    if not _CASE_ID.match(case_id):
+        raise CaseError(case_id, f"{rel!r}: file name is not a usable case id")
+    if Path(rel).is_absolute() or rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
+        raise CaseError(case_id, f"{rel!r}: absolute path in {DATASET_JSON}; paths must be relative (./imagesTr/...)")
+    base = Path(root).resolve()
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base):
+        raise CaseError(case_id, f"{rel!r} resolves outside the dataset folder; refused")
+    return path
+
+
+def _load(path: Path, rel: str, case_id: str, kind: str):
+    """nibabel image for `path` with header checked; file errors -> CaseError naming `rel`."""
+    import nibabel as nib
+
+    if not path.is_file():
+        raise CaseError(case_id, f"{kind} file {rel} is missing")
+    try:
+        return nib.load(str(path))
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
+            ValueError) as exc:
+        raise CaseError(case_id, f"{kind} file {rel} is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _data(img, rel: str, case_id: str, kind: str, dtype) -> np.ndarray:
+    try:
+        return np.asarray(img.dataobj, dtype=dtype)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise CaseError(case_id, f"{kind} file {rel} is truncated or corrupt "
+                                 f"({type(exc).__name__}: {exc}); re-download it") from None
+
+
+def load_case(task: TaskInfo, entry: CaseEntry, max_voxels: int = 64_000_000
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Load one labelled case. Returns image float32 [X, Y, Z, C] and label uint8 [X, Y, Z].
+
+    Shapes and the voxel cap are checked from the headers before any data is decompressed.
+    Every problem raises CaseError(case_id, reason).
+    """
+    cid = entry.case_id
+    image_path = resolve_case_path(task.root, entry.image, cid)
+    label_path = resolve_case_path(task.root, entry.label, cid)
+    img = _load(image_path, entry.image, cid, "image")
+    lab = _load(label_path, entry.label, cid, "label")
+
+    n_mod = len(task.modalities)
+    ishape, lshape = tuple(img.shape), tuple(lab.shape)
+    if len(ishape) == 3 and n_mod == 1:
+        ishape = (*ishape, 1)
+    if len(ishape) != 4 or ishape[3] != n_mod:
+        raise CaseError(cid, f"image {entry.image} has shape {ishape}; expected (X, Y, Z, {n_mod}) "
+                             f"for modalities {task.modalities}")
+    if len(lshape) == 4 and lshape[3] == 1:
+        lshape = lshape[:3]
+    if len(lshape) != 3:
+        raise CaseError(cid, f"label {entry.label} has shape {tuple(lab.shape)}; expected 3D (X, Y, Z)")
+    if ishape[:3] != lshape:
+        raise CaseError(cid, f"image {entry.image} is {ishape[:3]} but label {entry.label} is {lshape}")
+    voxels = int(np.prod(lshape))
+    if voxels > max_voxels:
+        raise CaseError(cid, f"image {entry.image} has {voxels} voxels per channel, over the cap of "
+                             f"{max_voxels} (--max-voxels)")
+
+    image = _data(img, entry.image, cid, "image", np.float32).reshape(ishape)
+    label_raw = _data(lab, entry.label, cid, "label", np.float32).reshape(lshape)
+    if not np.isfinite(image).all():
+        raise CaseError(cid, f"image {entry.image} holds NaN or infinite values")
+    label = np.rint(label_raw)
+    values = set(np.unique(label).astype(int).tolist())
+    unknown = values - set(task.labels)
+    if unknown or not np.array_equal(label, label_raw):
+        raise CaseError(cid, f"label {entry.label} holds values {sorted(unknown) or 'not integers'} "
+                             f"outside dataset.json labels {sorted(task.labels)}")
+    return image, label.astype(np.uint8)
