@@ -1,0 +1,250 @@
+"""`voxtune prepare`: MSD task folder -> cache of preprocessed `.npy` arrays + manifest.json.
+
+Per case, as in the paper (Berral et al. 2022): channels first [C, X, Y, Z] keeping the NIfTI
+voxel order; Z cropped by `[..., 2:-1]` ALWAYS (155 -> 152 on BraTS; the paper's crop, applied
+to any Z so every cache is made the same way); optional resize to `shape` (trilinear for the
+image, nearest for the label); each channel z-scored over its non-zero (brain) voxels with the
+background left exactly 0; labels as one whole-tumour channel ("binary") or WT/TC/ET ("regions").
+
+Resumable and safe to interrupt: every file is written to a temp file in the same folder and
+renamed into place, and a case counts as done only when its sidecar's sha256 matches both files.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voxtune.data.cache import (CACHE_VERSION, MANIFEST, REGIONS, sha256_file, write_json_atomic)
+from voxtune.data.msd import CaseEntry, CaseError, TaskInfo, load_case as load_nifti_case, read_task
+from voxtune.errors import VoxtuneError
+
+CROP_Z = (2, 1)  # slices dropped at the start and the end of Z: [..., 2:-1]
+CASES_DIR = "cases"
+# Settings that decide the cache's content: a re-run must match them or go elsewhere.
+_SETTINGS = ("version", "source", "labels", "regions", "modalities", "shape", "crop_z",
+             "split_fractions", "seed")
+
+
+@dataclass
+class PrepareResult:
+    """Outcome of one `prepare` run; `failed` holds (case_id, reason) pairs."""
+
+    manifest_path: Path
+    prepared: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        return (f"prepared {len(self.prepared)} cases, skipped {len(self.skipped)} already done, "
+                f"{len(self.failed)} failed; manifest: {self.manifest_path}")
+
+
+def preprocess(image: np.ndarray, label: np.ndarray, shape: tuple[int, int, int] | None = None,
+               labels: str = "binary") -> tuple[np.ndarray, np.ndarray]:
+    """image float32 [X, Y, Z, C], label uint8 [X, Y, Z] -> image float32 [C, X', Y', Z'],
+    label uint8 [R, X', Y', Z'] (crop Z [2:-1], optional resize, z-score, label channels)."""
+    lo, hi = CROP_Z
+    image = np.moveaxis(image, -1, 0)[..., lo:-hi]
+    label = label[..., lo:-hi]
+    if shape is not None and tuple(label.shape) != tuple(shape):
+        image, label = _resize(image, label, shape)
+    image = np.array(image, dtype=np.float32)  # own, contiguous copy: z-scored in place below
+    for channel in image:
+        brain = channel != 0  # MSD skull-stripped background is exactly 0 and stays 0
+        if brain.any():
+            values = channel[brain]
+            mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
+            channel[brain] = (values - mean) / max(std, 1e-8)
+    if labels == "binary":
+        channels = [label > 0]
+    else:  # BraTS regions: WT {1,2,3}, TC {2,3}, ET {3}
+        channels = [label > 0, (label == 2) | (label == 3), label == 3]
+    return image, np.stack(channels).astype(np.uint8)
+
+
+def _resize(image: np.ndarray, label: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear for image [C, X, Y, Z], nearest for label [X, Y, Z] (`nearest-exact`: no half-voxel shift)."""
+    import torch
+    import torch.nn.functional as F
+
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    lab = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None, None]
+    img = F.interpolate(img, size=tuple(shape), mode="trilinear", align_corners=False)[0]
+    lab = F.interpolate(lab, size=tuple(shape), mode="nearest-exact")[0, 0]
+    return img.numpy(), lab.numpy().astype(np.uint8)
+
+
+def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Seeded split of case ids into train/val/test with the given fractions (rounded per split).
+
+    Uses every case listed in dataset.json, so a case's split does not depend on which others fail.
+    """
+    ids = sorted(case_ids)
+    n = len(ids)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(fractions[1] * n))
+    n_test = min(int(round(fractions[2] * n)), n - n_val)
+    n_train = n - n_val - n_test
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return {ids[i]: names[k] for k, i in enumerate(order)}
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> str:
+    """np.save via a temp file in the same folder + rename; returns the file's sha256."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _finished(out: Path, case_id: str, split: str) -> dict | None:
+    """The sidecar entry if the case's files exist and match its checksums, else None."""
+    import json
+
+    sidecar = out / CASES_DIR / f"{case_id}.json"
+    try:
+        entry = json.loads(sidecar.read_text(encoding="utf-8"))
+        if entry.get("split") != split:
+            return None
+        for kind in ("image", "label"):
+            if sha256_file(out / entry["files"][kind]) != entry["sha256"][kind]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return entry
+
+
+def _prepare_case(task: TaskInfo, entry: CaseEntry, out: Path, split: str, shape, labels: str,
+                  max_voxels: int) -> tuple[str, str, dict | str]:
+    """Prepare one case. Returns (status, case_id, manifest entry or failure reason)."""
+    cid = entry.case_id
+    done = _finished(out, cid, split)
+    if done is not None:
+        return "skipped", cid, done
+    try:
+        image, label = load_nifti_case(task, entry, max_voxels=max_voxels)
+        if image.shape[2] <= sum(CROP_Z):
+            raise CaseError(cid, f"image {entry.image} has only {image.shape[2]} slices on Z; "
+                                 f"the [2:-1] crop needs more than {sum(CROP_Z)}")
+        source_shape = list(label.shape)
+        image, label = preprocess(image, label, shape=shape, labels=labels)
+    except CaseError as exc:
+        return "failed", cid, exc.reason
+    cases = out / CASES_DIR
+    (cases / f"{cid}.json").unlink(missing_ok=True)  # no stale sidecar may vouch for new files
+    files = {"image": f"{CASES_DIR}/{cid}.image.npy", "label": f"{CASES_DIR}/{cid}.label.npy"}
+    sha = {"image": _save_npy_atomic(out / files["image"], image),
+           "label": _save_npy_atomic(out / files["label"], label)}
+    record = {"id": cid, "split": split, "image_shape": list(image.shape),
+              "label_shape": list(label.shape), "source_shape": source_shape,
+              "files": files, "sha256": sha}
+    write_json_atomic(cases / f"{cid}.json", record)  # written last: marks the case finished
+    return "prepared", cid, record
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # `workers` processes already share the cores
+
+
+def _check_args(shape, labels, split, workers, max_voxels):
+    if labels not in REGIONS:
+        raise VoxtuneError(f"--labels {labels!r}: must be one of {', '.join(REGIONS)}")
+    if shape is not None and (len(shape) != 3 or any(int(s) < 1 for s in shape)):
+        raise VoxtuneError(f"--shape {shape}: need three positive sizes X Y Z")
+    split = tuple(float(f) for f in split)
+    if len(split) != 3 or any(f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6:
+        raise VoxtuneError(f"--split {' '.join(map(str, split))}: need three fractions >= 0 "
+                           f"(train val test) summing to 1")
+    if workers < 1:
+        raise VoxtuneError(f"--workers {workers}: must be >= 1")
+    if max_voxels < 1:
+        raise VoxtuneError(f"--max-voxels {max_voxels}: must be >= 1")
+    return split
+
+
+def _open_cache(out: Path, settings: dict) -> None:
+    """Create the cache, or check an existing one was made with the same settings."""
+    from voxtune.data.cache import read_manifest
+
+    if (out / MANIFEST).exists():
+        old = read_manifest(out)
+        diff = [k for k in _SETTINGS if old.get(k) != settings[k]]
+        if diff:
+            was = ", ".join(f"{k}={old.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={settings[k]!r}" for k in diff)
+            raise VoxtuneError(f"{out} holds a cache made with {was}; this run asks {now}. Choose "
+                               f"another --out (mixing settings in one cache is refused)")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VoxtuneError(f"{out} exists and is not a voxtune cache (no {MANIFEST}); choose another --out")
+    else:
+        (out / CASES_DIR).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / MANIFEST, {**settings, "cases": []})
+    (out / CASES_DIR).mkdir(exist_ok=True)
+    for stale in (out / CASES_DIR).glob("*.tmp-*"):  # partial files of an interrupted run
+        stale.unlink(missing_ok=True)
+
+
+def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | None = None,
+            labels: str = "binary", split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+            seed: int = 0, workers: int = 1, max_voxels: int = 64_000_000) -> PrepareResult:
+    """Preprocess the `training` cases of the MSD task at `source` into the cache folder `out`.
+
+    Failed cases are reported on stderr (`case ID: reason`) and left out of the manifest; the
+    others are still prepared. Bad arguments, a bad dataset.json or a cache made with other
+    settings raise VoxtuneError.
+    """
+    from tqdm import tqdm
+
+    split = _check_args(shape, labels, split, workers, max_voxels)
+    shape = None if shape is None else [int(s) for s in shape]
+    task = read_task(source)
+    out = Path(out)
+    settings = {"version": CACHE_VERSION, "source": str(Path(source).resolve()), "labels": labels,
+                "regions": REGIONS[labels], "modalities": task.modalities, "shape": shape,
+                "crop_z": list(CROP_Z), "split_fractions": list(split), "seed": int(seed)}
+    _open_cache(out, settings)
+
+    splits = assign_splits([e.case_id for e in task.training], split, seed)
+    jobs = [(task, e, out, splits[e.case_id], shape, labels, max_voxels) for e in task.training]
+    result = PrepareResult(manifest_path=out / MANIFEST)
+    records = []
+    bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=None)
+
+    def collect(status: str, cid: str, payload) -> None:
+        if status == "failed":
+            result.failed.append((cid, payload))
+            tqdm.write(f"case {cid}: {payload}", file=sys.stderr)
+        else:
+            getattr(result, status).append(cid)
+            records.append(payload)
+        bar.update(1)
+
+    try:
+        if workers == 1:
+            for job in jobs:
+                collect(*_prepare_case(*job))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+                for fut in as_completed([pool.submit(_prepare_case, *job) for job in jobs]):
+                    collect(*fut.result())
+    finally:
+        bar.close()
+    # Only a run that got through every case rewrites the manifest; an interrupted one leaves the
+    # previous manifest, and its finished cases are found by checksum on the re-run.
+    write_json_atomic(out / MANIFEST, {**settings, "cases": sorted(records, key=lambda r: r["id"])})
+    return result
