@@ -11,6 +11,7 @@ renamed into place, and a case counts as done only when its sidecar's sha256 mat
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -239,7 +240,9 @@ def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | N
             for job in jobs:
                 collect(*_prepare_case(*job))
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            # spawn, not fork: a forked child of a process that already ran torch/OpenMP can hang
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
                 for fut in as_completed([pool.submit(_prepare_case, *job) for job in jobs]):
                     collect(*fut.result())
     finally:
