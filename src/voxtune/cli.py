@@ -46,6 +46,54 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from voxtune.config import load_config, parse_overrides
+    from voxtune.train.loop import fit
+
+    overrides = parse_overrides(args.set)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    cfg = load_config(args.config, overrides)
+    summary = fit(cfg, args.cache, args.out, threads=args.threads, log=print)
+    print(f"best val_dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; "
+          f"{summary['epochs']} epochs in {summary['train_time_s']:.1f}s; run in {args.out}")
+    return 0
+
+
+def _search_settings(args: argparse.Namespace):
+    from voxtune.config import load_config, parse_overrides
+    from voxtune.parallel.space import load_space
+    from voxtune.parallel.tune import SearchSettings
+
+    overrides = parse_overrides(args.set)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    base = load_config(args.config, overrides).to_dict()
+    return SearchSettings(cache_dir=args.cache, mode=args.mode, space=load_space(args.space), search=args.search,
+                          num_samples=args.num_samples, scheduler=args.scheduler, workers=args.workers,
+                          workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker, base_config=base)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from voxtune.parallel.outputs import format_leaderboard
+    from voxtune.parallel.tune import run_search
+
+    if not args.resume and (args.cache is None or args.mode is None):
+        raise VoxtuneError("--cache and --mode are required (or --resume to continue the search in --out)")
+    settings = None if args.resume else _search_settings(args)
+    summary = run_search(args.out, settings, address=args.address, resume=args.resume)
+    print(format_leaderboard(summary["rows"], summary["searched"]))
+    if summary["interrupted"]:
+        print(f"search interrupted; leaderboard so far in {args.out}/leaderboard.csv\n"
+              f"resume it with: voxtune tune --out {args.out} --resume", file=sys.stderr)
+        return 130
+    print(f"{summary['trials']} trials {summary['status']} in {summary['wall_time_s'] or 0:.1f}s "
+          f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
+    print(f"outputs: {args.out}/leaderboard.csv  best.json  summary.json  trials/<trial_id>/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtune",
@@ -80,6 +128,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", required=True, help="case id, e.g. BRATS_001")
     p.add_argument("--out", required=True, help="FILE.png or FILE.gif")
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("train", help="one training run on one worker")
+    p.add_argument("--cache", required=True, help="cache folder made by `voxtune prepare`")
+    p.add_argument("--out", required=True, help="run folder (re-running into it resumes)")
+    p.add_argument("--config", help="train config YAML")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this process may use)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="hyperparameter search on Ray: experiment, data or hybrid parallelism")
+    p.add_argument("--cache", help="cache folder made by `voxtune prepare`")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--mode", help="experiment | data | hybrid")
+    p.add_argument("--space", default="paper", help="'paper' (32-trial grid) or a search-space YAML")
+    p.add_argument("--search", default="grid", help="grid | random | optuna")
+    p.add_argument("--num-samples", type=int, help="grid: repeats of the grid; random/optuna: trials")
+    p.add_argument("--scheduler", default="fifo", help="fifo | asha")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, default=1, help="W: workers in total")
+    p.add_argument("--workers-per-trial", type=int, help="K: DDP workers per trial (hybrid)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions pack trials on one GPU")
+    p.add_argument("--address", help="join a running Ray cluster (multi-node), e.g. HEAD_IP:6379")
+    p.add_argument("--config", help="train config YAML for the keys the space does not search")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key")
+    p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    p.set_defaults(func=cmd_tune)
 
     return parser
 

@@ -1,0 +1,40 @@
+"""Networks by name: the paper's 3D U-Net and MONAI's SegResNet and DynUNet."""
+from __future__ import annotations
+
+from torch import nn
+
+from voxtune.config import TrainConfig
+from voxtune.models.unet3d import UNet3D
+
+_MONAI_NORM = {"bn": "batch", "gn": ("group", {"num_groups": 8}), "in": "instance", "none": None}
+
+
+def build_model(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Module:
+    """A network mapping [B, in_channels, X, Y, Z] to logits [B, out_channels, X, Y, Z].
+
+    Every model carries `divisor`: the spatial sizes it accepts must be multiples of it.
+    """
+    if cfg.model == "unet3d":
+        return UNet3D(in_channels, out_channels, cfg.filter_start, cfg.depth, cfg.norm, cfg.kernel_size)
+    if cfg.model == "segresnet":
+        from monai.networks.nets import SegResNet
+
+        blocks_down = tuple([1] + [2] * (cfg.depth - 1) + [4])[: cfg.depth + 1]
+        norm = _MONAI_NORM[cfg.norm] or ("group", {"num_groups": 1})
+        net = SegResNet(spatial_dims=3, init_filters=cfg.filter_start, in_channels=in_channels,
+                        out_channels=out_channels, norm=norm, blocks_down=blocks_down,
+                        blocks_up=(1,) * (len(blocks_down) - 1))
+        net.divisor = 2 ** (len(blocks_down) - 1)
+        return net
+    if cfg.model == "dynunet":
+        from monai.networks.nets import DynUNet
+
+        levels = cfg.depth + 1
+        net = DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                      kernel_size=[cfg.kernel_size] * levels, strides=[1] + [2] * cfg.depth,
+                      upsample_kernel_size=[2] * cfg.depth,
+                      filters=[cfg.filter_start * 2**i for i in range(levels)],
+                      norm_name=_MONAI_NORM[cfg.norm] or "instance")
+        net.divisor = 2**cfg.depth
+        return net
+    raise ValueError(f"unknown model '{cfg.model}'")

@@ -1,0 +1,73 @@
+"""The 3D U-Net of Berral et al. 2022 (after Çiçek et al. 2016).
+
+`depth` down blocks, a bottleneck, `depth` up blocks. Each block: two (conv k^3 -> norm -> ReLU);
+max-pool 2 down; transposed conv (stride 2) up; skip connections by concatenation. Filters double
+per level from `filter_start`. The head is a 1^3 conv to one logit per label channel: the sigmoid
+lives in the loss and the metric, which is numerically safer than a sigmoid layer in the net.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """bn: BatchNorm3d, gn: GroupNorm (8 groups, fewer when channels are few), in: InstanceNorm3d."""
+    if norm == "bn":
+        return nn.BatchNorm3d(channels)
+    if norm == "gn":
+        groups = min(8, channels)
+        while channels % groups:
+            groups -= 1
+        return nn.GroupNorm(groups, channels)
+    if norm == "in":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm '{norm}'")
+
+
+class ConvBlock(nn.Sequential):
+    """[B, c_in, X, Y, Z] -> [B, c_out, X, Y, Z]: two (conv -> norm -> ReLU)."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str, kernel_size: int):
+        pad = kernel_size // 2
+        bias = norm == "none"  # a norm layer's shift makes the conv bias redundant
+        super().__init__(
+            nn.Conv3d(c_in, c_out, kernel_size, padding=pad, bias=bias), norm_layer(norm, c_out), nn.ReLU(inplace=True),
+            nn.Conv3d(c_out, c_out, kernel_size, padding=pad, bias=bias), norm_layer(norm, c_out), nn.ReLU(inplace=True),
+        )
+
+
+class UNet3D(nn.Module):
+    """[B, in_channels, X, Y, Z] -> logits [B, out_channels, X, Y, Z]; X, Y, Z divisible by 2**depth."""
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 1, filter_start: int = 8,
+                 depth: int = 3, norm: str = "bn", kernel_size: int = 3):
+        super().__init__()
+        widths = [filter_start * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        c = in_channels
+        for w in widths[:-1]:
+            self.down.append(ConvBlock(c, w, norm, kernel_size))
+            c = w
+        self.pool = nn.MaxPool3d(2)
+        self.bottleneck = ConvBlock(c, widths[-1], norm, kernel_size)
+        self.upsample = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for w_low, w in zip(widths[:0:-1], widths[-2::-1]):
+            self.upsample.append(nn.ConvTranspose3d(w_low, w, kernel_size=2, stride=2))
+            self.up.append(ConvBlock(2 * w, w, norm, kernel_size))
+        self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+        self.divisor = 2**depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for upsample, block, skip in zip(self.upsample, self.up, reversed(skips)):
+            x = block(torch.cat([upsample(x), skip], dim=1))
+        return self.head(x)

@@ -1,0 +1,90 @@
+"""A DDP worker group that lives as long as the Tune actor holding it, so data-parallel trials
+pay for worker start-up once per search, not once per trial.
+
+Rank 0 is the Tune trial actor itself; ranks 1..K-1 are Ray actors placed in the other bundles
+of the trial's placement group (Tune reserves all K bundles for the trial, gang-scheduled).
+With `reuse_actors=True` Tune hands the same actor, placement group and therefore the same
+initialised process group to the next trial. Each trial builds a fresh model and DDP wrapper
+over that process group; the training loop itself is voxtune.train.loop.fit, unchanged.
+"""
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from voxtune.config import TrainConfig, make_config
+from voxtune.train.loop import Reporter, fit
+
+# Collectives give up after this long: a dead peer turns into an error Tune can retry, not a hang.
+_TIMEOUT = timedelta(minutes=10)
+
+
+def _init(addr: str, port: int, rank: int, world: int, backend: str) -> None:
+    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
+                            timeout=_TIMEOUT)
+
+
+@ray.remote
+class Rank:
+    """One non-zero rank of the group: joins the process group, then runs `fit` when asked."""
+
+    def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> str:
+        _init(addr, port, rank, world, backend)
+        return ray.util.get_node_ip_address()
+
+    def fit(self, cfg: dict[str, Any], cache_dir: str, out_dir: str, threads: int) -> int:
+        return fit(make_config(cfg), cache_dir, out_dir, threads=threads)["epochs"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class WorkerGroup:
+    """K ranks for data-parallel training; K == 1 is a plain single-worker run."""
+
+    def __init__(self, workers: int, cpus: float, gpus: float):
+        self.workers, self.cpus, self.gpus = workers, cpus, gpus
+        self.ranks: list[Any] = []
+        self.nodes = [ray.util.get_node_ip_address()] if ray.is_initialized() else [socket.gethostname()]
+        if workers == 1:
+            return
+        pg = ray.util.get_current_placement_group()
+        backend = "nccl" if gpus and torch.cuda.is_available() else "gloo"
+        addr, port = ray.util.get_node_ip_address(), _free_port()
+        self.ranks = [
+            Rank.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=i)).remote()
+            for i in range(1, workers)
+        ]
+        joined = [r.setup.remote(addr, port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
+        _init(addr, port, 0, workers, backend)
+        self.nodes += ray.get(joined)
+
+    def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
+        """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary."""
+        threads = max(1, int(self.cpus))
+        others = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads) for r in self.ranks]
+        try:
+            summary = fit(cfg, cache_dir, out_dir, threads=threads, report=report)
+        except BaseException:
+            self.close()  # peers may be blocked in a collective rank 0 will never make
+            raise
+        ray.get(others)
+        return summary
+
+    def close(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
+        self.ranks = []
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,77 @@
+"""Search outputs, identical in every mode: leaderboard.csv, best.json, summary.json.
+
+Built from the files each trial leaves in RUN/trials/<trial_id>/ (trial.json, metrics.json), so a
+resumed or interrupted search writes the same tables as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from voxtune.train.checkpoint import atomic_write_bytes
+
+
+def _read(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial folder, best validation epoch's metrics, sorted by val_dice (best first)."""
+    rows = []
+    for trial_dir in sorted((run_dir / "trials").glob("*/")):
+        info = _read(trial_dir / "trial.json", {})
+        if not info:
+            continue
+        records = _read(trial_dir / "metrics.json", [])
+        best = max(records, key=lambda r: r["val_dice"], default={})
+        status, reason = info.get("status", "unknown"), info.get("reason", "")
+        if errors and info["trial_id"] in errors:
+            status, reason = "error", errors[info["trial_id"]]
+        row = {"trial_id": info["trial_id"], **{k: info["config"].get(k) for k in searched},
+               "status": status, "epochs": len(records), "best_epoch": best.get("epoch", ""),
+               "val_dice": best.get("val_dice", "")}
+        row.update({k: v for k, v in best.items() if k.startswith("val_dice_")})
+        row.update({"train_time_s": round(sum(r["epoch_time_s"] for r in records), 3),
+                    "node": info.get("node", ""), "node_ip": info.get("node_ip", ""),
+                    "workers": info.get("workers", ""), "setup_s": round(info.get("setup_s", 0.0), 3),
+                    "start_ts": info.get("start_ts", ""), "end_ts": info.get("end_ts", ""), "reason": reason})
+        rows.append(row)
+    rows.sort(key=lambda r: (r["val_dice"] if r["val_dice"] != "" else -1.0), reverse=True)
+    return rows
+
+
+def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields or ["trial_id"], restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def format_leaderboard(rows: list[dict[str, Any]], searched: list[str], limit: int = 10) -> str:
+    """A terminal table of the top trials."""
+    cols = ["trial_id", *searched, "status", "epochs", "val_dice", "train_time_s", "workers"]
+    table = [[str(_fmt(r.get(c, ""))) for c in cols] for r in rows[:limit]]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(cols), *(line(t) for t in table)])
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.4g}" if isinstance(v, float) else v

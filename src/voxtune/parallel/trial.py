@@ -1,0 +1,74 @@
+"""The Ray Tune trainable shared by every mode: one trial = one `fit` over a WorkerGroup.
+
+Experiment mode gives each trial one worker, data mode gives one trial all workers, hybrid is in
+between; this function cannot tell which, it only sees how many bundles its trial holds.
+Writes RUN/trials/<trial_id>/trial.json beside what `fit` writes there.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from voxtune.config import make_config
+from voxtune.parallel.ddp import WorkerGroup
+from voxtune.train.checkpoint import write_json
+from voxtune.train.loop import TrainingDiverged
+
+# Kept across trials of a reused Tune actor: the DDP group's start-up is paid once.
+_GROUP: WorkerGroup | None = None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Train one trial. `settings`: run_dir, cache_dir, base_config, workers_per_trial, cpus, gpus."""
+    global _GROUP
+    t_start = time.time()
+    trial_id = tune.get_context().get_trial_id()
+    out = Path(settings["run_dir"]) / "trials" / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = make_config(config, base=make_config(settings["base_config"]))
+
+    if _GROUP is None:
+        _GROUP = WorkerGroup(settings["workers_per_trial"], settings["cpus"], settings["gpus"])
+    info = _read(out / "trial.json")
+    info.update({"trial_id": trial_id, "config": dict(config), "status": "running", "reason": "",
+                 "node": ray.get_runtime_context().get_node_id(), "node_ip": _GROUP.nodes[0],
+                 "nodes": _GROUP.nodes, "workers": _GROUP.workers,
+                 "attempts": info.get("attempts", 0) + 1, "setup_s": time.time() - t_start})
+    info.setdefault("start_ts", t_start)
+    write_json(out / "trial.json", info)
+
+    def report(record: dict[str, Any]) -> bool:
+        try:
+            tune.report(record)
+        except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
+            return True
+        return False
+
+    try:
+        summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
+        info.update(status="stopped" if summary["stopped_early"] else "finished",
+                    train_time_s=summary["train_time_s"], epochs=summary["epochs"])
+    except TrainingDiverged as exc:
+        # A diverged trial is a result, not a crash: record why and let the search go on.
+        _GROUP = None
+        info.update(status="error", reason=str(exc))
+    except BaseException as exc:
+        _GROUP = None
+        info.update(status="error", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        info["end_ts"] = time.time()
+        write_json(out / "trial.json", info)
+        raise
+    info["end_ts"] = time.time()
+    write_json(out / "trial.json", info)

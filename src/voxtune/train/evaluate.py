@@ -1,0 +1,44 @@
+"""Score a saved best checkpoint on one split of a cache (used once, after a search, on `test`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from voxtune.config import make_config
+from voxtune.data.cache import case_ids, read_manifest
+from voxtune.data.loader import CaseDataset
+from voxtune.models import build_model
+from voxtune.train.checkpoint import load_checkpoint
+from voxtune.train.metrics import dice_per_region, infer
+
+
+def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The network of a best.pt checkpoint, in eval mode, and the checkpoint's metadata."""
+    state = load_checkpoint(Path(checkpoint), map_location=device)
+    cfg = make_config(state["config"])
+    model = build_model(cfg, state["in_channels"], len(state["regions"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+@torch.no_grad()
+def evaluate(checkpoint: str | Path, cache_dir: str | Path, split: str = "test", threads: int | None = None) -> dict[str, Any]:
+    """{"<split>_dice": mean over regions and cases, "<split>_dice_<region>": ..., "<split>_cases": n}."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model, state = load_model(checkpoint, device)
+    ids = case_ids(read_manifest(cache_dir), split)
+    patch = state["config"]["patch_size"]
+    dataset = CaseDataset(cache_dir, ids, patch_size=None, augment=False, divisor=model.divisor)
+    sums = torch.zeros(len(state["regions"]), dtype=torch.float64)
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        sums += dice_per_region(infer(model, image[None].to(device), patch), label[None].to(device))[0].double().cpu()
+    per_region = (sums / max(len(ids), 1)).tolist()
+    out: dict[str, Any] = {f"{split}_dice": sum(per_region) / len(per_region) if ids else None}
+    out.update({f"{split}_dice_{name}": (d if ids else None) for name, d in zip(state["regions"], per_region)})
+    out[f"{split}_cases"] = len(ids)
+    return out

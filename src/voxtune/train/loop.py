@@ -1,0 +1,248 @@
+"""One training run: the same loop on one worker or as one rank of a DDP group.
+
+The caller decides where this runs and with how many workers (see voxtune.parallel); the loop
+only asks torch.distributed whether a process group exists, nanoGPT-style. Rank 0 writes
+everything under `out_dir`:
+
+    config.yaml                 the resolved TrainConfig
+    metrics.json                one record per finished epoch
+    checkpoints/last.pt         model, optimiser, scaler, epoch, RNG: resume point
+    checkpoints/best.pt         best validation Dice, self-describing for predict
+    tb/                         TensorBoard events
+
+Re-running into an `out_dir` that holds `last.pt` resumes after its epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from monai.losses import DiceCELoss, DiceLoss
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from voxtune.config import TrainConfig, make_config, read_yaml, write_config
+from voxtune.data.cache import case_ids, read_manifest, region_names
+from voxtune.data.loader import CaseDataset
+from voxtune.errors import VoxtuneError
+from voxtune.models import build_model
+from voxtune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
+from voxtune.train.metrics import dice_per_region, infer
+
+# report(record) -> True asks the loop to stop after this epoch (a scheduler's early stop).
+Reporter = Callable[[dict[str, Any]], bool]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run cannot continue."""
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few floats over all ranks (identity on one worker)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if _world()[1] > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def default_threads() -> int:
+    """CPUs this process may use (affinity-aware): the torch thread count that never oversubscribes."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_same_run(cfg: TrainConfig, out_dir: Path) -> None:
+    """Refuse to resume a run whose saved config differs (other than a longer `epochs`)."""
+    saved_path = out_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = make_config(read_yaml(saved_path)).to_dict()
+    ours = cfg.to_dict()
+    diff = [k for k in ours if k != "epochs" and saved.get(k) != ours[k]]
+    if diff:
+        raise VoxtuneError(f"{out_dir} holds a run with a different config ({', '.join(diff)}); "
+                           "choose another --out or delete it")
+
+
+def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
+        report: Reporter | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train `cfg` on the cache's train split, validate on its val split every epoch.
+
+    Returns {"best_val_dice", "best_epoch", "epochs", "train_time_s", "stopped_early", "metrics"}.
+    Under DDP every rank calls this with the same arguments; ranks shard cases and reduce metrics.
+    """
+    rank, world = _world()
+    out_dir = Path(out_dir)
+    torch.set_num_threads(max(1, threads or default_threads()))
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    manifest = read_manifest(cache_dir)
+    regions = region_names(manifest)
+    train_ids, val_ids = case_ids(manifest, "train"), case_ids(manifest, "val")
+    if not train_ids or not val_ids:
+        raise VoxtuneError(f"{cache_dir}: the cache needs at least one train and one val case "
+                           f"(has {len(train_ids)} and {len(val_ids)}); prepare more cases or change --split")
+    in_channels = manifest["cases"][0]["image_shape"][0]
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg, in_channels, len(regions)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    lr = cfg.lr * world if cfg.scale_lr else cfg.lr
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, cfg.beta2), amsgrad=cfg.amsgrad)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loss_cls = DiceCELoss if cfg.loss == "dicece" else DiceLoss
+    loss_fn = loss_cls(sigmoid=True)
+
+    train_set = CaseDataset(cache_dir, train_ids, patch_size=cfg.patch_size, augment=True, seed=cfg.seed,
+                            divisor=model.divisor)
+    val_set = CaseDataset(cache_dir, val_ids[rank::world], patch_size=None, augment=False, seed=cfg.seed,
+                          divisor=model.divisor)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+
+    ckpt_dir = out_dir / "checkpoints"
+    records: list[dict[str, Any]] = []
+    start_epoch, best, best_epoch = 1, -1.0, 0
+    last = ckpt_dir / "last.pt"
+    if last.exists():
+        _check_same_run(cfg, out_dir)
+        state = load_checkpoint(last, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        start_epoch, best, best_epoch = state["epoch"] + 1, state["best_val_dice"], state["best_epoch"]
+        records = [r for r in state["metrics"] if r["epoch"] < start_epoch]
+        if log and rank == 0:
+            log(f"resuming {out_dir} after epoch {state['epoch']}")
+
+    writer = None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+
+    stopped_early = False
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            net.train()
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            seen, wait = 0, 0.0
+            t_wait = time.perf_counter()
+            for image, label in loader:
+                wait += time.perf_counter() - t_wait
+                image = image.to(device, non_blocking=True)
+                label = label.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    image = image.contiguous(memory_format=torch.channels_last_3d)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss = loss_fn(net(image), label)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += loss.detach().double() * image.shape[0]
+                seen += image.shape[0]
+                t_wait = time.perf_counter()
+            train_loss_sum, train_seen = _all_sum([loss_sum.item(), seen], device)
+            train_loss = train_loss_sum / max(train_seen, 1)
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} "
+                                       f"(lr={lr}); lower lr or enable a different norm")
+
+            val = _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, len(regions))
+            val_loss_sum, n_val, *dice_sums = _all_sum(val, device)
+            dice = [d / max(n_val, 1) for d in dice_sums]
+            epoch_time = time.perf_counter() - t_epoch
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss_sum / max(n_val, 1),
+                      "val_dice": sum(dice) / len(dice),
+                      **{f"val_dice_{name}": d for name, d in zip(regions, dice)},
+                      "epoch_time_s": epoch_time, "data_wait_s": wait, "workers": world}
+            records.append(record)
+
+            stop = False
+            if rank == 0:
+                if record["val_dice"] > best:
+                    best, best_epoch = record["val_dice"], epoch
+                    save_checkpoint(ckpt_dir / "best.pt", _best_state(model, cfg, manifest, regions, record))
+                save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scaler": scaler.state_dict(), "epoch": epoch, "best_val_dice": best,
+                                       "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+                                       "metrics": records})
+                write_json(out_dir / "metrics.json", records)
+                for key, value in record.items():
+                    if key not in ("epoch", "workers"):
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
+                if log:
+                    log(f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  "
+                        f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
+                        f"({epoch_time:.1f}s)")
+                if report is not None:
+                    stop = bool(report(record))
+            if world > 1:  # every rank follows rank 0's stop decision
+                flag = torch.tensor([1.0 if stop else 0.0], device=device)
+                dist.broadcast(flag, src=0)
+                stop = bool(flag.item())
+            if stop:
+                stopped_early = epoch < cfg.epochs
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    best = max(best, -1.0)
+    if rank == 0 and not records:
+        write_json(out_dir / "metrics.json", records)
+    train_time = sum(r["epoch_time_s"] for r in records)
+    return {"best_val_dice": best, "best_epoch": best_epoch, "epochs": len(records), "train_time_s": train_time,
+            "stopped_early": stopped_early, "metrics": records}
+
+
+@torch.no_grad()
+def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_regions) -> list[float]:
+    """[val_loss_sum, n_cases, dice_sum_region_0, ...] over this rank's share of the val cases.
+
+    Runs on the bare model, never the DDP wrapper: ranks hold different numbers of val cases
+    and DDP's forward would wait for collectives the other ranks never make.
+    """
+    model.eval()
+    loss_sum, n, dice_sum = 0.0, 0, torch.zeros(n_regions, dtype=torch.float64)
+    for i in range(len(val_set)):
+        image, label = val_set[i]
+        image, label = image[None].to(device), label[None].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = infer(model, image, cfg.patch_size)
+        loss_sum += float(loss_fn(logits.float(), label))
+        dice_sum += dice_per_region(logits, label)[0].double().cpu()
+        n += 1
+    return [loss_sum, n, *dice_sum.tolist()]
+
+
+def _best_state(model, cfg: TrainConfig, manifest: dict, regions: list[str], record: dict) -> dict[str, Any]:
+    """Everything predict needs: weights, the config, and how the cache was preprocessed."""
+    prep = {k: manifest.get(k) for k in ("labels", "regions", "shape", "crop_z", "modalities")}
+    return {"model": model.state_dict(), "config": cfg.to_dict(), "regions": regions,
+            "in_channels": manifest["cases"][0]["image_shape"][0], "prepare": prep,
+            "epoch": record["epoch"], "val": {k: v for k, v in record.items() if k.startswith("val_")}}
