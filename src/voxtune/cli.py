@@ -94,6 +94,45 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from voxtune.predict import predict
+
+    if (args.run is None) == (args.checkpoint is None):
+        raise VoxtuneError("give exactly one of --run RUN or --checkpoint FILE")
+    predict(run=args.run, checkpoint=args.checkpoint, source=args.input, out=args.out, label=args.label,
+            overlap=args.overlap)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from voxtune.report import write_report
+
+    path = write_report(args.run, out=args.out, bench=args.bench)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from voxtune.bench.benchmark import run_bench
+    from voxtune.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    overrides["epochs"] = args.epochs
+    base = load_config(args.config, overrides).to_dict()
+    run_bench(args.cache, args.out, workers=args.workers, modes=args.modes, trials=args.trials, space=args.space,
+              workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+              gpus_per_worker=args.gpus_per_worker, base_config=base, address=args.address)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from voxtune.bench.plan import run_plan
+
+    run_plan(workers=args.workers, trials=args.trials, calibration=args.calibration,
+             gpus_per_node=args.gpus_per_node, as_json=args.json, sweep=args.sweep)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtune",
@@ -156,6 +195,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("predict", help="label maps as NIfTI from a trained run or checkpoint")
+    p.add_argument("--run", help="a train run or a search run (its best trial)")
+    p.add_argument("--checkpoint", help="a best.pt file")
+    p.add_argument("--input", required=True, help="a 4D NIfTI image or an MSD folder (predicts its test images)")
+    p.add_argument("--out", required=True, help="folder for the label maps")
+    p.add_argument("--label", help="ground-truth NIfTI: print per-region Dice and HD95")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-trained runs)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a search")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", help="FILE.html (default RUN/report.html)")
+    p.add_argument("--bench", help="a BENCH folder or bench.json to include its speed-up plot")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="the paper's benchmark: the same search per mode and worker count")
+    p.add_argument("--cache", required=True)
+    p.add_argument("--out", required=True, help="BENCH folder: bench.json, speedup.png, bench.md")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--modes", nargs="+", default=["experiment", "data"], help="experiment data hybrid")
+    p.add_argument("--trials", type=int, default=4, help="M trials per search (first M of the space's grid)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--space", default="paper")
+    p.add_argument("--workers-per-trial", type=int, help="K for hybrid runs (default 2)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--address", help="join a running Ray cluster")
+    p.add_argument("--config", help="train config YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="predict the makespan of every mode and split; recommend one")
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--trials", type=int, required=True)
+    p.add_argument("--calibration", help="bench.json of a `voxtune bench` run")
+    p.add_argument("--gpus-per-node", type=int, help="workers per node (all-reduce crosses nodes above it)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="predicted speed-up from 1 to 256 workers")
+    p.set_defaults(func=cmd_plan)
 
     return parser
 
