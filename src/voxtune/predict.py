@@ -1,0 +1,293 @@
+"""`voxtune predict`: label maps as NIfTI from a trained run, on each source image's own voxel grid.
+
+Per image, mirroring `voxtune prepare` with the settings saved in the checkpoint (`state["prepare"]`):
+
+    source NIfTI  [X, Y, Z, C]
+      -> preprocess (prepare.preprocess)     [C, X', Y', Z']   Z cropped [2:-1], resized, z-scored
+      -> pad to the model's divisor, infer   probabilities [R, X', Y', Z'] (sliding window if patch-trained)
+      -> resize probabilities back (trilinear), threshold 0.5     [R, X, Y, Z-3]
+      -> pad the cropped Z slices with background                 [R, X, Y, Z]
+      -> MSD label values (uint8 [X, Y, Z]) written with the source's affine and header.
+
+Resizing the probabilities before thresholding (not the label map after) keeps boundaries smooth
+when the run was trained on a coarser grid.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxtune.errors import VoxtuneError
+
+# MSD Task01 labels from the BraTS regions: painted in this order so inner regions win
+# (ET -> 3, else TC -> 2, else WT -> 1).
+_REGION_VALUE = {"whole_tumour": 1, "tumour_core": 2, "enhancing_tumour": 3}
+
+
+def resolve_checkpoint(run: str | Path | None = None, checkpoint: str | Path | None = None) -> Path:
+    """The best.pt to use: `checkpoint` itself, a search RUN's best trial (best.json), or a train RUN's
+    checkpoints/best.pt. Anything missing -> VoxtuneError naming the file."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise VoxtuneError(f"--checkpoint {path}: no such file")
+        return path
+    if run is None:
+        raise VoxtuneError("give exactly one of --run RUN or --checkpoint FILE")
+    run = Path(run)
+    if not run.is_dir():
+        raise VoxtuneError(f"--run {run}: no such run folder")
+    best_json = run / "best.json"
+    if best_json.is_file():
+        import json
+
+        try:
+            rel = json.loads(best_json.read_text(encoding="utf-8"))["checkpoint"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VoxtuneError(f"{best_json}: unreadable ({type(exc).__name__}); re-run the search") from None
+        path = run / rel
+        if not path.is_file():
+            raise VoxtuneError(f"{best_json} names checkpoint {rel}, but {path} is missing")
+        return path
+    path = run / "checkpoints" / "best.pt"
+    if not path.is_file():
+        hint = ("the search has no best trial yet (no best.json)" if (run / "leaderboard.csv").exists()
+                else "train it first (`voxtune train`)")
+        raise VoxtuneError(f"--run {run}: no checkpoint ({path} missing; {hint})")
+    return path
+
+
+def _load(checkpoint: Path, device):
+    """(model in eval mode, checkpoint state); a file that is not a best.pt -> VoxtuneError."""
+    from voxtune.train.evaluate import load_model
+
+    try:
+        model, state = load_model(checkpoint, device)
+    except KeyError as exc:  # last.pt or a foreign file: weights without config/prepare
+        raise VoxtuneError(f"{checkpoint}: not a voxtune best.pt (lacks {exc}); use RUN/checkpoints/best.pt") from None
+    if "prepare" not in state:
+        raise VoxtuneError(f"{checkpoint}: not a voxtune best.pt (lacks prepare settings)")
+    return model, state
+
+
+def _sources(source: str | Path) -> list[tuple[str, Path]]:
+    """[(case_id, path)] for a single NIfTI file, or every `test` image of an MSD folder's dataset.json."""
+    from voxtune.data.msd import case_id_from_path, read_task, resolve_case_path
+
+    source = Path(source)
+    if source.is_dir():
+        task = read_task(source)
+        if not task.test:
+            raise VoxtuneError(f"{source / 'dataset.json'}: lists no test images to predict")
+        return [(case_id_from_path(rel), resolve_case_path(task.root, rel, case_id_from_path(rel)))
+                for rel in task.test]
+    if not source.is_file():
+        raise VoxtuneError(f"--input {source}: no such file or folder")
+    return [(case_id_from_path(source.name), source)]
+
+
+def _read_nifti(path: Path, what: str):
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    if not path.is_file():
+        raise VoxtuneError(f"{what} {path}: no such file")
+    try:
+        return nib.load(str(path))
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as exc:
+        raise VoxtuneError(f"{what} {path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
+
+
+def read_image(path: Path, channels: int) -> tuple[Any, np.ndarray]:
+    """(nibabel image, data float32 [X, Y, Z, C]); shape is checked from the header before decoding."""
+    from voxtune.data.prepare import CROP_Z
+
+    img = _read_nifti(path, "image")
+    shape = tuple(img.shape)
+    if len(shape) == 3 and channels == 1:
+        shape = (*shape, 1)
+    if len(shape) != 4:
+        raise VoxtuneError(f"image {path}: shape {tuple(img.shape)} is not 4D (X, Y, Z, C)")
+    if shape[3] != channels:
+        raise VoxtuneError(f"image {path}: {shape[3]} channels, but the run was trained on {channels}")
+    if shape[2] <= sum(CROP_Z):
+        raise VoxtuneError(f"image {path}: only {shape[2]} slices on Z; the [2:-1] crop needs more")
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except (OSError, EOFError, ValueError) as exc:
+        raise VoxtuneError(f"image {path}: truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    if not np.isfinite(data).all():
+        raise VoxtuneError(f"image {path}: holds NaN or infinite values")
+    return img, data
+
+
+def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) -> np.ndarray:
+    """Region masks bool [R, X, Y, Z] on the source grid for a source image float32 [X, Y, Z, C]."""
+    import torch
+    import torch.nn.functional as F
+
+    from voxtune.data.loader import pad_to
+    from voxtune.data.prepare import CROP_Z, preprocess
+    from voxtune.train.metrics import infer
+
+    prep = state["prepare"]
+    crop = tuple(prep.get("crop_z") or CROP_Z)
+    if crop != CROP_Z:  # preprocess always crops CROP_Z; another crop cannot be reproduced here
+        raise VoxtuneError(f"checkpoint was prepared with crop_z {list(crop)}, this voxtune crops {list(CROP_Z)}")
+    dummy = np.zeros(image.shape[:3], dtype=np.uint8)  # preprocess wants a label; only the image is used
+    x, _ = preprocess(image, dummy, shape=prep.get("shape"), labels=prep.get("labels", "binary"))
+    prepared = x.shape[1:]
+    # Pad exactly as validation did (CaseDataset pads whole volumes to the divisor at the end).
+    target = [-(-n // model.divisor) * model.divisor for n in prepared]
+    device = next(model.parameters()).device
+    batch = torch.from_numpy(pad_to(x, target))[None].to(device)
+    with torch.no_grad():
+        logits = infer(model, batch, state["config"].get("patch_size"), overlap=overlap)
+    probs = torch.sigmoid(logits.float())[..., :prepared[0], :prepared[1], :prepared[2]]
+    cropped = (image.shape[0], image.shape[1], image.shape[2] - sum(crop))
+    if tuple(prepared) != cropped:  # undo the resize on probabilities, then threshold
+        probs = F.interpolate(probs, size=cropped, mode="trilinear", align_corners=False)
+    masks = (probs[0] > 0.5).cpu().numpy()
+    return np.pad(masks, [(0, 0), (0, 0), (0, 0), (crop[0], crop[1])])  # cropped slices -> background
+
+
+def to_label_map(masks: np.ndarray, regions: list[str]) -> np.ndarray:
+    """Region masks [R, X, Y, Z] -> MSD labels uint8 [X, Y, Z]: binary 0/1; regions 0, 1 edema,
+    2 non-enhancing, 3 enhancing."""
+    out = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for name in ("whole_tumour", "tumour_core", "enhancing_tumour"):
+        if name in regions:
+            out[masks[regions.index(name)]] = _REGION_VALUE[name] if len(regions) > 1 else 1
+    return out
+
+
+def region_masks(label_map: np.ndarray, regions: list[str]) -> np.ndarray:
+    """MSD labels [X, Y, Z] -> region masks bool [R, X, Y, Z] (WT {1,2,3}, TC {2,3}, ET {3})."""
+    lowest = {"whole_tumour": 1, "tumour_core": 2, "enhancing_tumour": 3}
+    # TC is {2, 3} and ET {3}: ">= value" gives the nested BraTS regions from MSD labels.
+    return np.stack([label_map >= lowest[name] for name in regions])
+
+
+def score(pred: np.ndarray, truth: np.ndarray, spacing, regions: list[str]) -> dict[str, float]:
+    """Per-region Dice and HD95 (mm) of masks bool [R, X, Y, Z] on the source grid.
+
+    Dice of two empty masks is 1 (as in validation); HD95 is 0 when both are empty and inf when
+    only one is (MONAI returns nan for both cases).
+    """
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    p = torch.from_numpy(pred[None].astype(np.float32))
+    t = torch.from_numpy(truth[None].astype(np.float32))
+    dice = compute_dice(p, t, include_background=True, ignore_empty=False)[0].tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns on empty masks; handled below
+        hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95,
+                                        spacing=[float(s) for s in spacing])[0].tolist()
+    out: dict[str, float] = {}
+    for i, name in enumerate(regions):
+        empty_p, empty_t = not pred[i].any(), not truth[i].any()
+        out[f"dice_{name}"] = float(dice[i])
+        out[f"hd95_{name}"] = 0.0 if empty_p and empty_t else math.inf if empty_p or empty_t else float(hd[i])
+    return out
+
+
+def _read_truth(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, Any]:
+    """Ground truth uint8 [X, Y, Z] in MSD label values, checked against the source grid."""
+    img = _read_nifti(path, "label")
+    lshape = tuple(img.shape)
+    if len(lshape) == 4 and lshape[3] == 1:
+        lshape = lshape[:3]
+    if lshape != tuple(shape):
+        raise VoxtuneError(f"label {path}: shape {tuple(img.shape)} differs from the image's {tuple(shape)}")
+    raw = np.asarray(img.dataobj, dtype=np.float32).reshape(lshape)
+    label = np.rint(raw)
+    if not np.array_equal(label, raw) or label.min() < 0 or label.max() > 3:
+        raise VoxtuneError(f"label {path}: values must be integers 0-3 (MSD labels)")
+    return label.astype(np.uint8), img
+
+
+def _write(label_map: np.ndarray, src, path: Path) -> None:
+    """Save uint8 [X, Y, Z] with the source's affine and header (dims and dtype updated)."""
+    import nibabel as nib
+
+    header = src.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image(label_map, src.affine, header=header)
+    out.header.set_slope_inter(1.0, 0.0)  # the source's intensity scaling must not apply to labels
+    out.header["cal_min"], out.header["cal_max"] = 0, int(label_map.max())
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    tmp = path.with_name(f".{path.name[:-len(suffix)]}.tmp{suffix}")
+    nib.save(out, str(tmp))  # nibabel picks gzip by suffix, so the temp name keeps it
+    tmp.replace(path)
+
+
+def _format(case_id: str, metrics: dict[str, float], regions: list[str]) -> str:
+    lines = [f"{case_id}: region              dice     hd95_mm"]
+    for name in regions:
+        hd = metrics[f"hd95_{name}"]
+        lines.append(f"  {name:<24}{metrics[f'dice_{name}']:.4f}   {'inf' if math.isinf(hd) else f'{hd:.2f}'}")
+    return "\n".join(lines)
+
+
+def predict(run: str | Path | None = None, checkpoint: str | Path | None = None, *, source: str | Path,
+            out: str | Path, label: str | Path | None = None, overlap: float = 0.5) -> list[dict]:
+    """Write a label map per source image into `out`; return one record per image.
+
+    Record: {"case_id", "source", "output", "shape"} plus "dice_<region>", "hd95_<region>" with `label`.
+    A case of an MSD folder that cannot be read is reported on stderr and skipped; the others are
+    still written, then a VoxtuneError lists the failures.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if not 0.0 <= float(overlap) < 1.0:
+        raise VoxtuneError(f"--overlap {overlap}: must be in [0, 1)")
+    items = _sources(source)
+    if label is not None and Path(source).is_dir():
+        raise VoxtuneError("--label needs a single image as --input, not an MSD folder")
+    ckpt = resolve_checkpoint(run, checkpoint)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model, state = _load(ckpt, device)
+    regions = list(state["regions"])
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VoxtuneError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    records, failed = [], []
+    for case_id, path in tqdm(items, desc="predict", unit="case", disable=None):
+        target = out / path.name
+        try:
+            if target.resolve() == path.resolve():
+                raise VoxtuneError(f"--out {out}: would overwrite the input {path}; choose another folder")
+            src, image = read_image(path, state["in_channels"])
+            truth = _read_truth(Path(label), image.shape[:3])[0] if label is not None else None
+        except VoxtuneError as exc:
+            if len(items) == 1:
+                raise
+            failed.append(f"{case_id}: {exc}")
+            tqdm.write(f"case {case_id}: {exc}", file=sys.stderr)
+            continue
+        masks = predict_volume(model, state, image, overlap)
+        label_map = to_label_map(masks, regions)
+        _write(label_map, src, target)
+        record: dict[str, Any] = {"case_id": case_id, "source": str(path), "output": str(target),
+                                  "shape": list(label_map.shape)}
+        if truth is not None:
+            # Score what was written: masks re-derived from the label map, on the source grid.
+            spacing = src.header.get_zooms()[:3]
+            record.update(score(region_masks(label_map, regions), region_masks(truth, regions), spacing, regions))
+            tqdm.write(_format(case_id, record, regions))
+        records.append(record)
+    print(f"wrote {len(records)} label map{'s' if len(records) != 1 else ''} to {out} (checkpoint {ckpt})")
+    if failed:
+        raise VoxtuneError(f"{len(failed)} of {len(items)} images failed: " + "; ".join(failed))
+    return records
