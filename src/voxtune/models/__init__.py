@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from voxtune.config import TrainConfig
-from voxtune.models.unet3d import UNet3D
+from voxtune.models.unet3d import UNet3D, foreground_prior_bias
 
 _MONAI_NORM = {"bn": "batch", "gn": ("group", {"num_groups": 8}), "in": "instance", "none": None}
 
@@ -25,6 +25,7 @@ def build_model(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Mod
                         out_channels=out_channels, norm=norm, blocks_down=blocks_down,
                         blocks_up=(1,) * (len(blocks_down) - 1))
         net.divisor = 2 ** (len(blocks_down) - 1)
+        foreground_prior_bias(_last_conv(net))
         return net
     if cfg.model == "dynunet":
         from monai.networks.nets import DynUNet
@@ -36,5 +37,11 @@ def build_model(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Mod
                       filters=[cfg.filter_start * 2**i for i in range(levels)],
                       norm_name=_MONAI_NORM[cfg.norm] or "instance")
         net.divisor = 2**cfg.depth
+        foreground_prior_bias(_last_conv(net))
         return net
     raise ValueError(f"unknown model '{cfg.model}'")
+
+
+def _last_conv(net: nn.Module) -> nn.Conv3d:
+    """The output convolution of a MONAI net: the last Conv3d registered."""
+    return [m for m in net.modules() if isinstance(m, nn.Conv3d)][-1]

@@ -10,6 +10,7 @@ over that process group; the training loop itself is voxtune.train.loop.fit, unc
 from __future__ import annotations
 
 import socket
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class WorkerGroup:
 
     def __init__(self, workers: int, cpus: float, gpus: float):
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
+        self.group_id = uuid.uuid4().hex[:12]  # lets tests and logs see which trials shared a group
         self.ranks: list[Any] = []
         self.nodes = [ray.util.get_node_ip_address()] if ray.is_initialized() else [socket.gethostname()]
         if workers == 1:

@@ -57,6 +57,7 @@ class SearchSettings:
         if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
             raise VoxtuneError(f"--gpus-per-worker {self.gpus_per_worker}: above 1 it must be whole")
         self.workers_per_trial = self.per_trial()
+        self.cache_dir = str(Path(self.cache_dir).resolve())  # Ray workers run in other folders
         validate_space(self.space)
         make_config(self.base_config)
         if self.num_samples is not None and self.num_samples < 1:
@@ -132,6 +133,7 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from voxtune.parallel.progress import ProgressLines
     from voxtune.parallel.trial import run_trial
 
     k = settings.per_trial()
@@ -143,6 +145,8 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
                       "cpus": settings.cpus_per_worker, "gpus": settings.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=trial_settings),
                                     tune.PlacementGroupFactory([bundle] * k))
+    total = count_trials(settings.space, settings.search, settings.num_samples)
+    progress = ProgressLines(total, settings.epochs, list(settings.space))
     experiment = run_dir / "ray"
     if resume and tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
@@ -168,7 +172,7 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  verbose=1),
+                                  callbacks=[progress], verbose=0),
     )
 
 
@@ -178,7 +182,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     t_command = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     if settings is not None:
-        settings.check()
+        read_manifest(settings.check().cache_dir)  # a missing cache fails before RUN is created
     settings = _prepare_run_dir(run_dir, settings, resume)
     manifest = read_manifest(settings.cache_dir)
     searched = list(settings.space)
@@ -235,7 +239,12 @@ def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any], ma
     checkpoint = trial_dir / "checkpoints" / "best.pt"
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
     threads = max(1, int(settings.cpus_per_worker))
-    test = ray.get(ray.remote(**resources)(evaluate).remote(str(checkpoint), settings.cache_dir, "test", threads))
+    try:
+        test = ray.get(ray.remote(**resources)(evaluate).remote(str(checkpoint), settings.cache_dir, "test", threads))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, VoxtuneError):
+            raise exc.cause from None
+        raise
     best = {"trial_id": row["trial_id"], "config": make_config(info["config"],
                                                                  base=make_config(settings.base_config)).to_dict(),
             "searched": info["config"], "checkpoint": str(checkpoint.relative_to(run_dir)),

@@ -1,0 +1,162 @@
+"""`voxtune tune`: the three modes on a local Ray instance, a two-node cluster, and bad inputs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voxtune.cli import main
+
+SPACE = "lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n"
+OUTPUTS = {"leaderboard.csv", "best.json", "summary.json", "search.json", "trials"}
+
+
+def _space(tmp_path: Path) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return str(path)
+
+
+def _leaderboard(run: Path) -> list[dict]:
+    with open(run / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+MODES = {
+    "experiment": ["--workers", "2"],
+    "data": ["--workers", "2"],
+    # 4 workers of half a CPU each: two trials at once, two DDP ranks each, on this 2-core machine
+    "hybrid": ["--workers", "4", "--workers-per-trial", "2", "--cpus-per-worker", "0.5"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_mode_writes_the_same_outputs(mode, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(run), "--mode", mode, "--space", _space(tmp_path),
+               "--epochs", "2", *MODES[mode]])
+    assert rc == 0
+    assert OUTPUTS <= {p.name for p in run.iterdir()}
+
+    rows = _leaderboard(run)
+    assert len(rows) == 4
+    assert {(r["lr"], r["norm"]) for r in rows} == {(lr, n) for lr in ("0.001", "0.005") for n in ("bn", "gn")}
+    per_trial = {"experiment": 1, "data": 2, "hybrid": 2}[mode]
+    for row in rows:
+        assert row["status"] == "finished"
+        assert int(row["epochs"]) == 2 and int(row["workers"]) == per_trial
+        assert 0.0 <= float(row["val_dice"]) <= 1.0
+        assert float(row["train_time_s"]) > 0 and row["node"]
+        records = json.loads((run / "trials" / row["trial_id"] / "metrics.json").read_text())
+        assert [r["epoch"] for r in records] == [1, 2]
+        assert {"train_loss", "val_loss", "val_dice", "val_dice_whole_tumour"} <= set(records[0])
+        assert (run / "trials" / row["trial_id"] / "checkpoints" / "best.pt").exists()
+    assert float(rows[0]["val_dice"]) == max(float(r["val_dice"]) for r in rows)
+
+    best = json.loads((run / "best.json").read_text())
+    assert best["trial_id"] == rows[0]["trial_id"]
+    assert best["test"]["test_cases"] == 1 and 0.0 <= best["test"]["test_dice"] <= 1.0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mode"] == mode and summary["workers_per_trial"] == per_trial
+    assert summary["concurrent_trials"] == summary["workers"] // per_trial
+    assert summary["status"] == {"finished": 4}
+    assert summary["wall_time_s"] > 0 and summary["startup_s"] > 0
+
+    groups = {json.loads((run / "trials" / r["trial_id"] / "trial.json").read_text())["group_id"] for r in rows}
+    if mode == "data":  # one DDP group served every trial: start-up paid once per search
+        assert len(groups) == 1
+
+
+@pytest.mark.slow
+def test_two_node_cluster_spreads_trials(cache_dir, tmp_path):
+    """A head and a worker node on this machine, token auth on; trials land on both nodes."""
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = "6399"
+    start = [ray, "start", "--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([*start, "--head", "--port", port, "--include-dashboard", "false"], env=env, check=True,
+                       capture_output=True)
+        subprocess.run([*start, "--address", f"127.0.0.1:{port}"], env=env, check=True, capture_output=True)
+        run = tmp_path / "run"
+        proc = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out",
+                               str(run), "--mode", "experiment", "--space", _space(tmp_path), "--epochs", "1",
+                               "--workers", "2", "--address", f"127.0.0.1:{port}"],
+                              env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = _leaderboard(run)
+        assert len(rows) == 4 and all(r["status"] == "finished" for r in rows)
+        assert len({r["node"] for r in rows}) == 2
+        assert json.loads((run / "summary.json").read_text())["nodes"] == 2
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--mode", "sideways"], "unknown --mode 'sideways'"),
+    (["--mode", "hybrid", "--workers", "4"], "--workers-per-trial"),
+    (["--mode", "hybrid", "--workers", "4", "--workers-per-trial", "3"], "must divide --workers 4"),
+    (["--mode", "experiment", "--search", "optuna"], "--num-samples"),
+    (["--mode", "experiment", "--scheduler", "hyper"], "unknown --scheduler"),
+    (["--mode", "experiment", "--set", "colour=red"], "unknown config key 'colour'"),
+])
+def test_bad_tune_arguments_are_one_line(args, expected, cache_dir, tmp_path, capsys):
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), *args])
+    assert rc == 2
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("space, expected", [
+    ("lr: {grid: []}\n", "needs a non-empty list"),
+    ("lr: {uniform: [0.1]}\n", "needs [lo, hi]"),
+    ("lr: {loguniform: [0, 0.1]}\n", "lo > 0"),
+    ("norm: {grid: [bn, batch]}\n", "'batch' is not one of"),
+    ("depthh: 3\n", "not a train-config key"),
+    ("lr: {normal: [0, 1]}\n", "must be a constant or one of"),
+    ("- lr\n", "expected a mapping"),
+])
+def test_bad_search_space_is_one_line(space, expected, cache_dir, tmp_path, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), "--mode", "experiment",
+               "--space", str(path)])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert expected in line and "space.yaml" in line
+
+
+def test_out_holding_another_search_is_refused(cache_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "search.json").write_text("{}")
+    (run / "leaderboard.csv").write_text("keep me")
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(run), "--mode", "experiment"])
+    assert rc == 2
+    assert "--resume" in _one_error_line(capsys)
+    assert (run / "leaderboard.csv").read_text() == "keep me"
+
+
+def test_missing_cache_is_one_line(tmp_path, capsys):
+    rc = main(["tune", "--cache", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--mode", "data"])
+    assert rc == 2
+    assert "voxtune prepare" in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
