@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's CPU numbers: the same 4-trial search under experiment and data parallelism at 1 and 2
+# workers (1 CPU core each), then the scaling model calibrated on it.
+#
+#     bash benchmarks/bench_cpu.sh [WORKDIR]      (default WORKDIR: bench-cpu)
+#
+# Needs a quiet 2-core machine: check `uptime` (load < 0.5) first; other work on the box slows the
+# 2-worker runs more than the 1-worker run and shows up as lost speed-up. Takes ~10-20 minutes.
+# Writes WORKDIR/bench/{bench.json,speedup.png,bench.md} and WORKDIR/plan.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-bench-cpu}
+VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
+if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
+uptime
+# A private Ray instance: otherwise ray.init() joins any cluster already started on this machine.
+export RAY_ADDRESS=${RAY_ADDRESS:-local}
+
+"$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases 12 --shape 48 48 48 --seed 0
+"$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache"
+"$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/bench" --workers 1 2 --modes experiment data \
+    --trials 4 --epochs 4
+"$VOXTUNE" plan --calibration "$WORK/bench/bench.json" --workers 2 --trials 4 --json | tee "$WORK/plan.json"
+cat "$WORK/bench/bench.md"
+uptime

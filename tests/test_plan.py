@@ -1,0 +1,147 @@
+"""The scaling model: waves, tail idle, splits, recommendation, calibration, and `voxtune plan` inputs."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from voxtune.bench import plan as P
+from voxtune.cli import main
+from voxtune.errors import VoxtuneError
+
+# A model with round numbers: 8 train cases at batch 2 (4 steps), 2 val cases, 1 s a step.
+TRUTH = P.Model(train_cases=8, val_cases=2, batch_size=2, epochs=3, step_s=1.0, param_bytes=1_000_000,
+                beta_s_per_byte=1e-8, startup_s=4.0, group_startup_s=3.0, trial_overhead_s=1.0,
+                group_overhead_s=0.5, contention={1: 1.0, 2: 1.1})
+PLAIN = replace(TRUTH, startup_s=0.0, group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0,
+                contention={1: 1.0}, beta_s_per_byte=0.0)
+
+
+def fake_bench(m: P.Model = TRUTH, trials: int = 4) -> dict:
+    """A bench.json whose runs are exactly what `m` predicts (ray.init 2 s, outside wall as in tune.py;
+    1 s of each start-up is the first trial's warm-up)."""
+    runs = []
+    for mode, w, k in [("experiment", 1, 1), ("data", 1, 1), ("experiment", 2, 1), ("data", 2, 2)]:
+        p = P.predict(m, w, trials, k)
+        running = min(w // k, trials)
+        epoch = P.compute_epoch_s(m, k, running * k) + P.steps(m, k) * P.allreduce_s(m, k)
+        start = m.startup_s + (m.group_startup_s if k > 1 else 0.0)
+        runs.append({"mode": mode, "workers": w, "workers_per_trial": k, "concurrent_trials": w // k,
+                     "wall_s": p["predicted_wall_s"], "trial_compute_s": m.epochs * epoch, "per_epoch_s": epoch,
+                     "startup_s": 2.0 + start - 1.0, "ray_init_s": 2.0, "warmup_s": 1.0, "speedup": 1.0, "efficiency": 1.0,
+                     "idle_worker_s": 0.0, "data_wait_share": 0.1})
+    settings = {"trials": trials, "epochs": m.epochs, "train_cases": m.train_cases, "val_cases": m.val_cases,
+                "batch_size": m.batch_size, "param_bytes": m.param_bytes}
+    return {"runs": runs, "settings": settings, "machine": {"cpus": 2}}
+
+
+def test_steps_shrink_with_workers_at_same_per_replica_batch():
+    assert [P.steps(TRUTH, k) for k in (1, 2, 4, 8)] == [4, 2, 1, 1]
+
+
+def test_waves_and_tail_idle():
+    # 5 trials on 4 workers: a full wave of 4, then 1 trial alone while 3 workers idle.
+    p = P.predict(PLAIN, 4, 5, 1)
+    trial = PLAIN.epochs * (4 * 1.0 + 2 * P.VAL_RATIO * 1.0 / 2)
+    assert (p["waves"], p["tail_trials"], p["concurrent_trials"]) == (2, 1, 4)
+    assert p["predicted_wall_s"] == pytest.approx(2 * trial)
+    assert p["idle_worker_s"] == pytest.approx(3 * trial)
+    assert P.predict(PLAIN, 4, 8, 1)["idle_worker_s"] == pytest.approx(0.0)
+
+
+def test_more_workers_than_trials_leaves_the_extra_idle():
+    p = P.predict(PLAIN, 8, 2, 1)
+    assert p["waves"] == 1 and p["idle_worker_s"] == pytest.approx(6 * p["predicted_wall_s"])
+
+
+def test_every_split_is_predicted_and_named():
+    result = P.plan(TRUTH, 8, 16)
+    assert [(p["mode"], p["workers_per_trial"], p["concurrent_trials"]) for p in result["predictions"]] == [
+        ("experiment", 1, 8), ("hybrid", 2, 4), ("hybrid", 4, 2), ("data", 8, 1)]
+    assert [p["waves"] for p in result["predictions"]] == [2, 4, 8, 16]
+
+
+def test_recommends_experiment_when_trials_fill_the_workers():
+    assert P.plan(TRUTH, 4, 16)["recommended"]["mode"] == "experiment"
+
+
+def test_recommends_splitting_a_lone_trial_when_all_reduce_is_cheap():
+    cheap = replace(TRUTH, beta_s_per_byte=0.0, group_startup_s=0.0, group_overhead_s=0.0, contention={1: 1.0})
+    best = P.plan(cheap, 4, 1)["recommended"]
+    assert best["workers_per_trial"] > 1 and best["predicted_wall_s"] < P.predict(cheap, 4, 1, 1)["predicted_wall_s"]
+
+
+def test_inter_node_all_reduce_is_slower():
+    assert P.allreduce_s(TRUTH, 8, gpus_per_node=4) > P.allreduce_s(TRUTH, 8, gpus_per_node=8) > 0
+    assert P.allreduce_s(TRUTH, 1) == 0.0
+
+
+def test_contention_interpolates_and_holds_beyond_measured():
+    m = replace(TRUTH, contention={1: 1.0, 3: 2.0})
+    assert (m.slowdown(1), m.slowdown(2), m.slowdown(3), m.slowdown(64)) == (1.0, 1.5, 2.0, 2.0)
+
+
+def test_calibration_recovers_the_model_that_made_the_runs():
+    m = P.calibrate(fake_bench())
+    for key in ("step_s", "startup_s", "group_startup_s", "trial_overhead_s", "group_overhead_s"):
+        assert getattr(m, key) == pytest.approx(getattr(TRUTH, key), rel=1e-6), key
+    assert m.beta_s_per_byte == pytest.approx(TRUTH.beta_s_per_byte, rel=1e-6)
+    assert m.contention == pytest.approx({1: 1.0, 2: 1.1})
+    errors = P.model_error(fake_bench())
+    assert [(e["mode"], e["workers"]) for e in errors] == [("experiment", 1), ("experiment", 2), ("data", 2)]
+    assert all(abs(e["error_pct"]) < 1e-6 for e in errors)
+
+
+def test_paper_defaults_favour_experiment_and_text_quotes_the_paper():
+    rows = P.sweep_speedups(P.DEFAULTS, 32, gpus_per_node=4, top=32)
+    assert [r["workers"] for r in rows] == [1, 2, 4, 8, 16, 32] and rows[0]["experiment"] == pytest.approx(1.0)
+    assert rows[-1]["experiment"] > rows[-1]["data"]
+    text = P.paper_prediction()
+    assert "x12-14" in text and "| 32 |" in text
+
+
+def test_plan_json_schema(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(fake_bench()))
+    assert main(["plan", "--calibration", str(path), "--workers", "4", "--trials", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"predictions", "recommended"} <= set(out)
+    for p in out["predictions"]:
+        assert {"mode", "workers_per_trial", "concurrent_trials", "predicted_wall_s"} <= set(p)
+        assert p["predicted_wall_s"] > 0 and not math.isnan(p["predicted_wall_s"])
+    assert out["recommended"] in out["predictions"]
+    assert [p["workers_per_trial"] for p in out["predictions"]] == [1, 2, 4]
+
+
+def test_plan_table_and_sweep_say_the_defaults_are_not_measured(capsys):
+    assert main(["plan", "--workers", "8", "--trials", "32", "--sweep", "--gpus-per-node", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "default constants" in out and "recommended:" in out and "256" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workers", "0", "--trials", "4"], "--workers 0"),
+    (["--workers", "2", "--trials", "0"], "--trials 0"),
+    (["--workers", "2", "--trials", "4", "--gpus-per-node", "0"], "--gpus-per-node 0"),
+    (["--workers", "2", "--trials", "4", "--calibration", "MISSING"], "file not found"),
+    (["--workers", "2", "--trials", "4", "--calibration", "BADJSON"], "not readable as JSON"),
+    (["--workers", "2", "--trials", "4", "--calibration", "NORUNS"], "not a usable bench.json"),
+    (["--workers", "2", "--trials", "4", "--calibration", "LIST"], "expected a bench.json object"),
+])
+def test_bad_inputs_exit_2_with_one_line(args, words, tmp_path, capsys):
+    files = {"MISSING": tmp_path / "missing.json", "BADJSON": tmp_path / "bad.json",
+             "NORUNS": tmp_path / "noruns.json", "LIST": tmp_path / "list.json"}
+    files["BADJSON"].write_text("{not json")
+    files["NORUNS"].write_text(json.dumps({"settings": {}, "runs": []}))
+    files["LIST"].write_text("[]")
+    args = [str(files.get(a, a)) for a in args]
+    assert main(["plan", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_plan_api_rejects_bad_numbers():
+    with pytest.raises(VoxtuneError):
+        P.plan(TRUTH, -1, 4)
