@@ -39,7 +39,7 @@ from voxtune.train.metrics import dice_per_region, infer
 Reporter = Callable[[dict[str, Any]], bool]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(VoxtuneError):
     """The loss became NaN or infinite; the run cannot continue."""
 
 

@@ -1,0 +1,139 @@
+"""`voxtune train`: outputs, learning, resume, the test split, and config errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import voxtune.train.loop as loop
+from voxtune.cli import main
+from voxtune.config import load_config, make_config, parse_overrides
+from voxtune.data.cache import case_ids, read_manifest
+from voxtune.errors import VoxtuneError
+
+
+def _train(cache, run, *extra) -> int:
+    return main(["train", "--cache", str(cache), "--out", str(run), "--threads", "1", *extra])
+
+
+def test_train_writes_config_metrics_checkpoints_and_events(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    assert _train(cache_dir, run, "--epochs", "2", "--set", "norm=gn", "--set", "lr=0.002") == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["norm"] == "gn" and saved["lr"] == 0.002 and saved["epochs"] == 2
+    records = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_dice", "val_dice_whole_tumour"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["regions"] == ["whole_tumour"] and best["config"]["norm"] == "gn"
+
+
+def test_train_learns_the_whole_tumour(cache_dir, tmp_path):
+    summary = loop.fit(make_config({"epochs": 20, "lr": 0.001}), cache_dir, tmp_path / "run", threads=1)
+    first = summary["metrics"][0]
+    assert summary["best_val_dice"] > 0.75 > first["val_dice"] + 0.3
+    assert summary["metrics"][-1]["train_loss"] < first["train_loss"]
+
+
+def test_rerun_resumes_and_keeps_each_epoch_once(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    assert _train(cache_dir, run, "--epochs", "2") == 0
+    before = json.loads((run / "metrics.json").read_text())
+    assert _train(cache_dir, run, "--epochs", "3") == 0
+    after = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in after] == [1, 2, 3]
+    assert after[:2] == before
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 3
+
+
+def test_resume_is_deterministic(cache_dir, tmp_path):
+    """Two epochs, stop, one more == three epochs straight (model, optimiser and RNG are restored)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(cache_dir, straight, "--epochs", "3") == 0
+    assert _train(cache_dir, resumed, "--epochs", "2") == 0
+    assert _train(cache_dir, resumed, "--epochs", "3") == 0
+    a = json.loads((straight / "metrics.json").read_text())[-1]
+    b = json.loads((resumed / "metrics.json").read_text())[-1]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert a["val_dice"] == pytest.approx(b["val_dice"], rel=1e-4)
+
+
+def test_rerun_with_another_config_is_refused(cache_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(cache_dir, run, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert _train(cache_dir, run, "--epochs", "2", "--set", "norm=gn") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different config (norm)" in err[0]
+
+
+def test_train_never_reads_the_test_split(cache_dir, tmp_path, monkeypatch):
+    seen: list[str] = []
+    real = loop.CaseDataset
+
+    def spy(cache, ids, *args, **kwargs):
+        seen.extend(ids)
+        return real(cache, ids, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "CaseDataset", spy)
+    loop.fit(make_config({"epochs": 1}), cache_dir, tmp_path / "run", threads=1)
+    test_ids = set(case_ids(read_manifest(cache_dir), "test"))
+    assert test_ids and seen and not test_ids & set(seen)
+
+
+def test_nan_loss_stops_with_a_clear_error(cache_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "DiceLoss", lambda **kw: (lambda logits, label: logits.mean() * float("nan")))
+    assert _train(cache_dir, tmp_path / "run", "--epochs", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss became nan at epoch 1" in err[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "colour=red"], "unknown config key 'colour'"),
+    (["--set", "lr=2"], "config key 'lr'"),
+    (["--set", "norm=batch"], "config key 'norm'"),
+    (["--set", "depth=three"], "config key 'depth': expected an integer"),
+    (["--set", "patch_size=20"], "config key 'patch_size'"),
+    (["--set", "lr"], "--set expects key=value"),
+    (["--epochs", "0"], "config key 'epochs'"),
+])
+def test_bad_config_is_one_line_naming_the_key(args, expected, cache_dir, tmp_path, capsys):
+    assert _train(cache_dir, tmp_path / "run", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "train.yaml"
+    bad.write_text("lr: 0.001\nwidth: 3\n")
+    with pytest.raises(VoxtuneError, match=r"train.yaml: unknown config key 'width'"):
+        load_config(bad)
+    bad.write_text("lr: [unclosed\n")
+    with pytest.raises(VoxtuneError, match="train.yaml: not readable as YAML"):
+        load_config(bad)
+    with pytest.raises(VoxtuneError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_are_typed_per_key():
+    cfg = make_config(parse_overrides(["amsgrad=true", "patch_size=16,16,16", "beta2=0.99", "depth=2"]))
+    assert cfg.amsgrad is True and cfg.patch_size == [16, 16, 16] and cfg.beta2 == 0.99 and cfg.depth == 2
+
+
+def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path):
+    summary = loop.fit(make_config({"epochs": 1, "patch_size": [16, 16, 16]}), cache_dir, tmp_path / "run", threads=1)
+    assert 0.0 <= summary["best_val_dice"] <= 1.0
+
+
+@pytest.mark.parametrize("model", ["segresnet", "dynunet"])
+def test_monai_models_train_from_the_same_config(model, cache_dir, tmp_path):
+    summary = loop.fit(make_config({"epochs": 1, "model": model, "norm": "in"}), cache_dir, tmp_path / "run",
+                       threads=1)
+    assert summary["epochs"] == 1
