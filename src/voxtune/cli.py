@@ -88,6 +88,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"search interrupted; leaderboard so far in {args.out}/leaderboard.csv\n"
               f"resume it with: voxtune tune --out {args.out} --resume", file=sys.stderr)
         return 130
+    if not any(summary["status"].get(k) for k in ("finished", "stopped")):
+        reasons = {r["reason"] for r in summary["rows"] if r["reason"]}
+        raise VoxtuneError(f"all {summary['trials']} trials failed; "
+                           f"{'; '.join(sorted(reasons)) or 'see ' + args.out + '/leaderboard.csv'}")
     print(f"{summary['trials']} trials {summary['status']} in {summary['wall_time_s'] or 0:.1f}s "
           f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
     print(f"outputs: {args.out}/leaderboard.csv  best.json  summary.json  trials/<trial_id>/")

@@ -115,15 +115,18 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     train = [float(r["train_time_s"]) for r in rows if r.get("train_time_s", "") != ""]
     epoch_time = sum(e["epoch_time_s"] for e in epochs)
     search_start = max(0.0, summary["startup_s"] - summary["ray_init_s"])  # wall_time_s excludes ray.init
+    first, later = _outside_loop(rows, summary["concurrent_trials"])
+    warmup = max(0.0, first - later) if later is not None else 0.0
     return {
         "workers": summary["workers"], "workers_per_trial": k, "concurrent_trials": summary["concurrent_trials"],
         "trials": summary["trials"], "epochs": summary["epochs"], "status": summary["status"],
         "wall_s": wall, "command_s": summary["command_time_s"],
         "trial_compute_s": sum(train) / len(train) if train else 0.0,
-        "startup_s": summary["startup_s"], "ray_init_s": summary["ray_init_s"], "warmup_s": _warmup(rows),
-        # Steady-state scaling: minutes-long CPU runs carry a fixed worker start-up the paper's hours-long
-        # runs did not, so the wall time after it is reported too (speedup_after_startup).
-        "wall_after_startup_s": max(0.0, wall - search_start),
+        "startup_s": summary["startup_s"], "ray_init_s": summary["ray_init_s"],
+        "first_trial_outside_s": first, "trial_outside_s": later, "warmup_s": warmup,
+        # Steady state: a minutes-long CPU run carries a fixed worker start-up and warm-up that the paper's
+        # hours-long runs did not, so the wall time without them is reported too (speedup_after_startup).
+        "wall_after_startup_s": max(0.0, wall - search_start - warmup),
         # Worker-seconds held but not in a training loop: start-up, between-trial gaps, the tail wave.
         "idle_worker_s": summary["workers"] * wall - sum(train) * k,
         "per_epoch_s": epoch_time / len(epochs) if epochs else 0.0,
@@ -131,16 +134,17 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     }
 
 
-def _warmup(rows: list[dict[str, Any]]) -> float:
-    """Extra seconds the first trial of a fresh worker spends outside its training loop (imports, first
-    model build and checkpoint), over a later trial's: paid once per slot, not once per trial."""
-    outside = sorted((float(r["start_ts"]), float(r["end_ts"]) - float(r["start_ts"]) - float(r["setup_s"])
-                      - float(r["train_time_s"])) for r in rows if "" not in (r.get("start_ts", ""),
-                                                                               r.get("end_ts", "")))
-    if len(outside) < 2:
-        return 0.0
-    later = sorted(o for _, o in outside[1:])
-    return max(0.0, outside[0][1] - later[len(later) // 2])
+def _outside_loop(rows: list[dict[str, Any]], slots: int) -> tuple[float, float | None]:
+    """Seconds trials spend outside their training loop after setup (imports, model build, checkpoints):
+    (mean of the first `slots` trials, median of the later ones or None). The first trial on each fresh
+    worker also pays one-off imports and allocations: a warm-up paid once per slot, not once per trial."""
+    outside = [o for _, o in sorted(
+        (float(r["start_ts"]), float(r["end_ts"]) - float(r["start_ts"]) - float(r["setup_s"]) - float(r["train_time_s"]))
+        for r in rows if "" not in (r.get("start_ts", ""), r.get("end_ts", ""), r.get("train_time_s", "")))]
+    if not outside:
+        return 0.0, None
+    first, later = outside[:slots], sorted(outside[slots:])
+    return sum(first) / len(first), later[len(later) // 2] if later else None
 
 
 def _run_one(bench_dir: Path, name: str, settings, address: str | None) -> tuple[dict[str, Any], bool]:
@@ -205,6 +209,9 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         measured[(mode, w)] = row
         print(f"[bench {i}/{len(runs)}] {name}: {'reused' if reused else 'done'}, wall {row['wall_s']:.1f}s, "
               f"{row['per_epoch_s']:.2f}s/epoch, status {row['status']}", flush=True)
+        if set(row["status"]) != {"finished"} or row["trials"] != trials:
+            print(f"bench: warning: {name} did not finish all {trials} trials ({row['status']}); its times "
+                  "are not comparable with the other runs", flush=True)
 
     base_run = measured[("experiment", 1)]
     rows = []
@@ -258,12 +265,13 @@ def write_plot(bench: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     workers = sorted({r["workers"] for r in bench["runs"]})
     ax.plot(workers, workers, "k--", lw=1, label="ideal")
-    for mode, marker in zip(MODES, "osD"):
+    for mode, marker, style in zip(MODES, "osD", ("-", "-.", ":")):  # distinct styles: lines may coincide
         pts = sorted((r["workers"], r["speedup"]) for r in bench["runs"] if r["mode"] == mode)
         if pts:
             k = next(r["workers_per_trial"] for r in bench["runs"] if r["mode"] == mode and r["workers"] > 1) \
                 if mode == "hybrid" else None
-            ax.plot(*zip(*pts), marker=marker, label=f"{mode}" + (f" (K={k})" if k else ""))
+            ax.plot(*zip(*pts), marker=marker, linestyle=style, markersize=9 if mode == "experiment" else 6,
+                    label=f"{mode}" + (f" (K={k})" if k else ""))
     if len(workers) > 2:
         ax.set_xscale("log", base=2)
     ax.set_xticks(workers, [str(w) for w in workers])
@@ -312,7 +320,8 @@ def bench_markdown(bench: dict[str, Any]) -> str:
            "",
            "K: workers per trial. Wall: search start to the last trial's end (ray.init excluded). Speed-up: the",
            "1-worker run's wall (that run is shared by every mode) over this run's; after start-up: the same with",
-           "each run's worker start-up (search start to its first trial's training) taken off both.",
+           "each run's worker start-up (search start to its first trial's training, plus the first trials' warm-up",
+           "outside the loop when later trials show it) taken off both.",
            "Startup s: ray.init + worker start-up. Idle worker-s: workers x wall - sum of trial training time x K.",
            "",
            "## Scaling model vs measured (calibrated on these runs, so this is in-sample error)",

@@ -10,11 +10,12 @@ C = N / K trials run at once, in waves of C; the last (tail) wave may leave work
     allreduce = 2 (K-1)/K * param_bytes * beta + alpha * (K-1)      ring all-reduce; beta is
                                                      INTER_NODE_FACTOR times slower once K > G
     trial(K)  = overhead(K) + epochs * epoch(K)
-    wall      = startup(K) + sum over waves of trial(K) at that wave's contention
+    wall      = startup(busy, K) + sum over waves of trial(K) at that wave's contention
 
 contention(w) is how much slower one worker's compute gets when w workers share a node (memory
-bandwidth and cores on a CPU box; 1 on one-GPU-per-worker). Calibrated from a bench.json:
-step_s from the 1-worker run's per-epoch time; contention from experiment runs; beta from the
+bandwidth and cores on a CPU box; 1 on one-GPU-per-worker); start-up has its own such factor.
+Calibrated from a bench.json: step_s from the 1-worker run's per-epoch time; both contention
+factors from experiment runs; beta from the
 data/hybrid runs' per-epoch time left over after the compute-only prediction; startup and per-trial
 overhead from wall time outside training loops. Without a calibration, DEFAULTS describe the paper.
 """
@@ -54,6 +55,8 @@ class Model:
     trial_overhead_s: float  # per trial, outside the training loop (model build, checkpoints, Tune)
     group_overhead_s: float  # extra per trial for K > 1 (remote fit calls on every rank)
     contention: dict[int, float] = field(default_factory=lambda: {1: 1.0})
+    # The same for start-up: w workers importing torch and building models at once share the node too.
+    startup_contention: dict[int, float] = field(default_factory=lambda: {1: 1.0})
     source: str = "default"
 
     @property
@@ -61,14 +64,23 @@ class Model:
         return VAL_RATIO * self.step_s / self.batch_size
 
     def slowdown(self, busy: int) -> float:
-        """Compute slowdown with `busy` workers on a node: linear between measured points, flat beyond."""
-        pts = sorted(self.contention.items())
-        if busy <= pts[0][0]:
-            return pts[0][1]
-        for (w0, f0), (w1, f1) in zip(pts, pts[1:]):
-            if busy <= w1:
-                return f0 + (f1 - f0) * (busy - w0) / (w1 - w0)
-        return pts[-1][1]
+        """Compute slowdown with `busy` workers on a node."""
+        return _interpolate(self.contention, busy)
+
+    def startup(self, busy: int, k: int) -> float:
+        """Start-up of `busy` workers at once on a node, in trials of k workers."""
+        return self.startup_s * _interpolate(self.startup_contention, busy) + (self.group_startup_s if k > 1 else 0.0)
+
+
+def _interpolate(points: dict[int, float], x: int) -> float:
+    """Linear between measured points, flat beyond them (a calibration says nothing past its last point)."""
+    pts = sorted(points.items())
+    if x <= pts[0][0]:
+        return pts[0][1]
+    for (w0, f0), (w1, f1) in zip(pts, pts[1:]):
+        if x <= w1:
+            return f0 + (f1 - f0) * (x - w0) / (w1 - w0)
+    return pts[-1][1]
 
 
 # The paper's setting: 3D U-Net filter_start 8, depth 3 on 240x240x152x4, batch 2 per replica, 20
@@ -105,14 +117,14 @@ def predict(m: Model, workers: int, trials: int, k: int, gpus_per_node: int | No
     slots = workers // k
     full, tail = trials // slots, trials % slots  # full waves hold `slots` trials; the tail wave the rest
     comm = steps(m, k) * allreduce_s(m, k, gpus_per_node)
+    on_node = lambda running: running * k if gpus_per_node is None else min(running * k, gpus_per_node)  # noqa: E731
 
     def epoch_s(running: int) -> float:
-        busy = running * k if gpus_per_node is None else min(running * k, gpus_per_node)
-        return compute_epoch_s(m, k, busy) + comm
+        return compute_epoch_s(m, k, on_node(running)) + comm
 
     overhead = m.trial_overhead_s + (m.group_overhead_s if k > 1 else 0.0)
     full_epoch, tail_epoch = epoch_s(slots), epoch_s(tail)
-    wall = (m.startup_s + (m.group_startup_s if k > 1 else 0.0) + full * (overhead + m.epochs * full_epoch)
+    wall = (m.startup(on_node(min(slots, trials)), k) + full * (overhead + m.epochs * full_epoch)
             + (overhead + m.epochs * tail_epoch if tail else 0.0))
     training = k * m.epochs * (full * slots * full_epoch + tail * tail_epoch)  # worker-seconds in the loop
     mode = "experiment" if k == 1 else "data" if k == workers else "hybrid"
@@ -137,13 +149,23 @@ def calibrate(bench: dict[str, Any]) -> Model:
                   source="calibrated")
         trials = int(s["trials"])
         m.step_s = one["per_epoch_s"] / (steps(m, 1) + m.val_cases * VAL_RATIO / m.batch_size)
-        # Start-up as the model sees it: worker start (wall excludes ray.init) + first-trial warm-up per slot.
-        search_start = lambda r: max(0.0, r["startup_s"] - r["ray_init_s"]) + r.get("warmup_s", 0.0)  # noqa: E731
+        # Start-up as the model sees it: worker start (wall excludes ray.init) + the first trial's warm-up on
+        # each slot, i.e. what its first trials spent outside the loop beyond a later 1-worker trial.
+        usual = one.get("trial_outside_s")
+        usual = one.get("first_trial_outside_s", 0.0) if usual is None else usual
+
+        def search_start(r: dict[str, Any]) -> float:
+            warmup = max(0.0, r.get("first_trial_outside_s", usual) - usual)
+            return max(0.0, r["startup_s"] - r["ray_init_s"]) + warmup
+
         m.startup_s = search_start(one)
         m.trial_overhead_s = max(0.0, (one["wall_s"] - m.startup_s - trials * one["trial_compute_s"]) / trials)
         # Busy workers in an experiment run: W, or M when there are fewer trials than workers.
+        spread = [r for r in runs if r["mode"] == "experiment" and r["workers"] > 1]
         m.contention = {1: 1.0} | {min(r["workers"], trials): max(1.0, r["per_epoch_s"] / one["per_epoch_s"])
-                                   for r in runs if r["mode"] == "experiment" and r["workers"] > 1}
+                                   for r in spread}
+        m.startup_contention = {1: 1.0} | {min(r["workers"], trials): max(1.0, search_start(r) / m.startup_s)
+                                           for r in spread if m.startup_s > 0}
         groups = [r for r in runs if r["workers_per_trial"] > 1]
         xs, ys, starts, overheads = [], [], [], []
         for r in groups:
@@ -151,7 +173,7 @@ def calibrate(bench: dict[str, Any]) -> Model:
             left = r["per_epoch_s"] - compute_epoch_s(m, k, r["workers"])
             xs.append(2 * (k - 1) / k * m.param_bytes)
             ys.append(left / steps(m, k) - ALPHA_S * (k - 1))
-            starts.append(search_start(r) - m.startup_s)
+            starts.append(search_start(r) - m.startup(r["workers"], 1))
             waves = math.ceil(trials / r["concurrent_trials"])
             per_wave = (r["wall_s"] - search_start(r) - waves * r["trial_compute_s"]) / waves
             overheads.append(per_wave - m.trial_overhead_s)
@@ -283,9 +305,16 @@ def format_sweep(rows: list[dict[str, Any]], m: Model, trials: int) -> str:
 
 
 def run_plan(*, workers: int, trials: int, calibration: str | Path | None = None, gpus_per_node: int | None = None,
-             as_json: bool = False, sweep: bool = False) -> dict[str, Any]:
-    """`voxtune plan`: print the table (or JSON) and, with sweep, speed-ups from 1 to 256 workers."""
+             as_json: bool = False, sweep: bool = False, epochs: int | None = None) -> dict[str, Any]:
+    """`voxtune plan`: print the table (or JSON) and, with sweep, speed-ups from 1 to 256 workers.
+
+    epochs: plan for this many epochs per trial instead of the calibration's (the paper's 20 by default).
+    """
     m = load_calibration(calibration)
+    if epochs is not None:
+        if epochs < 1:
+            raise VoxtuneError(f"--epochs {epochs}: need at least 1")
+        m = replace(m, epochs=epochs)
     result = plan(m, workers, trials, gpus_per_node)
     if sweep:
         result["sweep"] = sweep_speedups(m, trials, gpus_per_node)

@@ -9,6 +9,7 @@ over that process group; the training loop itself is voxtune.train.loop.fit, unc
 """
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from datetime import timedelta
@@ -36,9 +37,9 @@ def _init(addr: str, port: int, rank: int, world: int, backend: str) -> None:
 class Rank:
     """One non-zero rank of the group: joins the process group, then runs `fit` when asked."""
 
-    def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> str:
+    def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> tuple[str, int]:
         _init(addr, port, rank, world, backend)
-        return ray.util.get_node_ip_address()
+        return ray.util.get_node_ip_address(), os.getpid()
 
     def fit(self, cfg: dict[str, Any], cache_dir: str, out_dir: str, threads: int) -> int:
         return fit(make_config(cfg), cache_dir, out_dir, threads=threads)["epochs"]
@@ -58,6 +59,7 @@ class WorkerGroup:
         self.group_id = uuid.uuid4().hex[:12]  # lets tests and logs see which trials shared a group
         self.ranks: list[Any] = []
         self.nodes = [ray.util.get_node_ip_address()] if ray.is_initialized() else [socket.gethostname()]
+        self.pids = [os.getpid()]  # rank order; lets an operator (or a test) find a rank's process
         if workers == 1:
             return
         pg = ray.util.get_current_placement_group()
@@ -70,7 +72,9 @@ class WorkerGroup:
         ]
         joined = [r.setup.remote(addr, port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
         _init(addr, port, 0, workers, backend)
-        self.nodes += ray.get(joined)
+        for node, pid in ray.get(joined):
+            self.nodes.append(node)
+            self.pids.append(pid)
 
     def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
         """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary."""

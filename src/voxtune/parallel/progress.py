@@ -10,8 +10,9 @@ from ray.tune import Callback
 class ProgressLines(Callback):
     """Prints `[elapsed] done/total | trial id (hyperparameters) epoch e/E val_dice d` lines."""
 
-    def __init__(self, total: int, epochs: int, searched: list[str], stream=sys.stdout):
-        self.total, self.epochs, self.searched, self.stream = total, epochs, searched, stream
+    def __init__(self, total: int, epochs: int, searched: list[str]):
+        # No stream attribute: Tune pickles its callbacks with the run config.
+        self.total, self.epochs, self.searched = total, epochs, searched
         self.t0 = time.perf_counter()
         self.best = float("-inf")
 
@@ -19,7 +20,7 @@ class ProgressLines(Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         elapsed = time.perf_counter() - self.t0
-        print(f"[{elapsed:7.1f}s] {done}/{self.total} done, {running} running | {text}", file=self.stream, flush=True)
+        print(f"[{elapsed:7.1f}s] {done}/{self.total} done, {running} running | {text}", file=sys.stdout, flush=True)
 
     def _name(self, trial) -> str:
         params = " ".join(f"{k}={trial.config.get(k)}" for k in self.searched)

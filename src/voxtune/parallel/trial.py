@@ -15,19 +15,19 @@ import ray
 from ray import tune
 
 from voxtune.config import make_config
+from voxtune.errors import VoxtuneError
 from voxtune.parallel.ddp import WorkerGroup
 from voxtune.train.checkpoint import write_json
-from voxtune.train.loop import TrainingDiverged
 
 # Kept across trials of a reused Tune actor: the DDP group's start-up is paid once.
 _GROUP: WorkerGroup | None = None
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, default: Any) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return default
 
 
 def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -39,12 +39,17 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config(config, base=make_config(settings["base_config"]))
 
+    info = _read(out / "trial.json", {})
+    if info.get("status") in ("finished", "stopped"):
+        # Done before the driver died and Tune's state lagged behind: report, never retrain.
+        records = _read(out / "metrics.json", []) or [{}]
+        tune.report(records[-1])
+        return
     if _GROUP is None:
         _GROUP = WorkerGroup(settings["workers_per_trial"], settings["cpus"], settings["gpus"])
-    info = _read(out / "trial.json")
     info.update({"trial_id": trial_id, "config": dict(config), "status": "running", "reason": "",
                  "node": ray.get_runtime_context().get_node_id(), "node_ip": _GROUP.nodes[0],
-                 "nodes": _GROUP.nodes, "workers": _GROUP.workers, "group_id": _GROUP.group_id,
+                 "nodes": _GROUP.nodes, "workers": _GROUP.workers, "group_id": _GROUP.group_id, "pids": _GROUP.pids,
                  "attempts": info.get("attempts", 0) + 1, "setup_s": time.time() - t_start})
     info.setdefault("start_ts", t_start)
     write_json(out / "trial.json", info)
@@ -60,8 +65,9 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
         info.update(status="stopped" if summary["stopped_early"] else "finished",
                     train_time_s=summary["train_time_s"], epochs=summary["epochs"])
-    except TrainingDiverged as exc:
-        # A diverged trial is a result, not a crash: record why and let the search go on.
+    except VoxtuneError as exc:
+        # A diverged trial or a bad input (a cache file failing its checksum) is not fixed by a
+        # retry: record why, leave the group to the next trial, and let the search go on.
         _GROUP = None
         info.update(status="error", reason=str(exc))
     except BaseException as exc:

@@ -94,8 +94,8 @@ def _init_ray(address: str | None, settings: SearchSettings) -> float:
                               "runtime_env": {"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "600"}}}
     if address:
         kwargs["address"] = address
-    else:
-        kwargs["include_dashboard"] = False
+    else:  # "local": always a fresh instance, never silently joining a cluster found on this machine
+        kwargs.update(address="local", include_dashboard=False)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -189,6 +189,9 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
 
     import ray
 
+    # Save Tune's experiment state every few seconds (default: >= 10 s) so a killed driver
+    # loses little; our own per-trial files already make finished trials safe.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     ray_init_s = _init_ray(address, settings)
     try:
         tuner = _tuner(settings, run_dir, resume)
@@ -201,9 +204,12 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         except KeyboardInterrupt:
             interrupted, errors = True, {}
         rows = outputs.trial_rows(run_dir, searched, errors)
+        interrupted = interrupted or any(r["status"] == "running" for r in rows)
+        for row in rows:
+            if row["status"] == "running":
+                row["status"] = "interrupted"
         outputs.write_leaderboard(run_dir / "leaderboard.csv", rows)
         finished = [r for r in rows if r["status"] in ("finished", "stopped") and r["val_dice"] != ""]
-        interrupted = interrupted or any(r["status"] == "running" for r in rows)
         best = _write_best(run_dir, settings, finished[0], manifest) if finished and not interrupted else None
         ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
         starts = [r["start_ts"] + r["setup_s"] for r in rows if r["start_ts"] != ""]
