@@ -14,23 +14,24 @@ from voxtune.errors import VoxtuneError
 # A model with round numbers: 8 train cases at batch 2 (4 steps), 2 val cases, 1 s a step.
 TRUTH = P.Model(train_cases=8, val_cases=2, batch_size=2, epochs=3, step_s=1.0, param_bytes=1_000_000,
                 beta_s_per_byte=1e-8, startup_s=4.0, group_startup_s=3.0, trial_overhead_s=1.0,
-                group_overhead_s=0.5, contention={1: 1.0, 2: 1.1})
+                group_overhead_s=0.5, contention={1: 1.0, 2: 1.1}, startup_contention={1: 1.0, 2: 1.5})
 PLAIN = replace(TRUTH, startup_s=0.0, group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0,
-                contention={1: 1.0}, beta_s_per_byte=0.0)
+                contention={1: 1.0}, startup_contention={1: 1.0}, beta_s_per_byte=0.0)
 
 
 def fake_bench(m: P.Model = TRUTH, trials: int = 4) -> dict:
     """A bench.json whose runs are exactly what `m` predicts (ray.init 2 s, outside wall as in tune.py;
-    1 s of each start-up is the first trial's warm-up)."""
+    1 s of each start-up is the first trials' warm-up: 1.3 s outside the loop against a later trial's 0.3 s)."""
     runs = []
     for mode, w, k in [("experiment", 1, 1), ("data", 1, 1), ("experiment", 2, 1), ("data", 2, 2)]:
         p = P.predict(m, w, trials, k)
         running = min(w // k, trials)
         epoch = P.compute_epoch_s(m, k, running * k) + P.steps(m, k) * P.allreduce_s(m, k)
-        start = m.startup_s + (m.group_startup_s if k > 1 else 0.0)
+        start = m.startup(running * k, k)
         runs.append({"mode": mode, "workers": w, "workers_per_trial": k, "concurrent_trials": w // k,
                      "wall_s": p["predicted_wall_s"], "trial_compute_s": m.epochs * epoch, "per_epoch_s": epoch,
-                     "startup_s": 2.0 + start - 1.0, "ray_init_s": 2.0, "warmup_s": 1.0, "speedup": 1.0, "efficiency": 1.0,
+                     "startup_s": 2.0 + start - 1.0, "ray_init_s": 2.0, "first_trial_outside_s": 1.3,
+                     "trial_outside_s": 0.3 if trials > w // k else None, "speedup": 1.0, "efficiency": 1.0,
                      "idle_worker_s": 0.0, "data_wait_share": 0.1})
     settings = {"trials": trials, "epochs": m.epochs, "train_cases": m.train_cases, "val_cases": m.val_cases,
                 "batch_size": m.batch_size, "param_bytes": m.param_bytes}
@@ -89,6 +90,7 @@ def test_calibration_recovers_the_model_that_made_the_runs():
         assert getattr(m, key) == pytest.approx(getattr(TRUTH, key), rel=1e-6), key
     assert m.beta_s_per_byte == pytest.approx(TRUTH.beta_s_per_byte, rel=1e-6)
     assert m.contention == pytest.approx({1: 1.0, 2: 1.1})
+    assert m.startup_contention == pytest.approx({1: 1.0, 2: 1.5})
     errors = P.model_error(fake_bench())
     assert [(e["mode"], e["workers"]) for e in errors] == [("experiment", 1), ("experiment", 2), ("data", 2)]
     assert all(abs(e["error_pct"]) < 1e-6 for e in errors)
@@ -145,3 +147,11 @@ def test_bad_inputs_exit_2_with_one_line(args, words, tmp_path, capsys):
 def test_plan_api_rejects_bad_numbers():
     with pytest.raises(VoxtuneError):
         P.plan(TRUTH, -1, 4)
+
+
+def test_planning_more_epochs_takes_longer(capsys):
+    short = P.run_plan(workers=2, trials=4, as_json=True, epochs=2)["recommended"]["predicted_wall_s"]
+    long = P.run_plan(workers=2, trials=4, as_json=True, epochs=20)["recommended"]["predicted_wall_s"]
+    assert long > 5 * short
+    with pytest.raises(VoxtuneError, match="--epochs 0"):
+        P.run_plan(workers=2, trials=4, epochs=0)
