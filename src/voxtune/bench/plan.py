@@ -262,7 +262,7 @@ def _hours(s: float) -> str:
 
 def paper_prediction(trials: int = 32, gpus_per_node: int = 4) -> str:
     """Markdown: the default model at 1-32 GPUs for the paper's 32 trials, beside its measured x12-14."""
-    rows = [r for r in sweep_speedups(DEFAULTS, trials, gpus_per_node, top=32)]
+    rows = sweep_speedups(DEFAULTS, trials, gpus_per_node, top=32)
     exp32 = rows[-1]["experiment"]
     lo, hi = PAPER_SPEEDUP
     lines = [f"## The paper's setting: {trials} trials, 1-32 V100s, {gpus_per_node} per node (default constants)",
