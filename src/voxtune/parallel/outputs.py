@@ -40,7 +40,8 @@ def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None
         row.update({"train_time_s": round(sum(r["epoch_time_s"] for r in records), 3),
                     "node": info.get("node", ""), "node_ip": info.get("node_ip", ""),
                     "workers": info.get("workers", ""), "setup_s": round(info.get("setup_s", 0.0), 3),
-                    "start_ts": info.get("start_ts", ""), "end_ts": info.get("end_ts", ""), "reason": reason})
+                    "start_ts": info.get("start_ts", ""), "attempt_start_ts": info.get("attempt_start_ts", ""),
+                    "end_ts": info.get("end_ts", ""), "reason": reason})
         rows.append(row)
     rows.sort(key=lambda r: (r["val_dice"] if r["val_dice"] != "" else -1.0), reverse=True)
     return rows

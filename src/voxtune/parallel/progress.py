@@ -16,6 +16,9 @@ class ProgressLines(Callback):
         self.t0 = time.perf_counter()
         self.best = float("-inf")
 
+    def setup(self, **info):
+        self.t0 = time.perf_counter()  # also after a restore, which unpickles a stale t0
+
     def _line(self, trials, text: str) -> None:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)

@@ -50,7 +50,8 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     info.update({"trial_id": trial_id, "config": dict(config), "status": "running", "reason": "",
                  "node": ray.get_runtime_context().get_node_id(), "node_ip": _GROUP.nodes[0],
                  "nodes": _GROUP.nodes, "workers": _GROUP.workers, "group_id": _GROUP.group_id, "pids": _GROUP.pids,
-                 "attempts": info.get("attempts", 0) + 1, "setup_s": time.time() - t_start})
+                 "attempts": info.get("attempts", 0) + 1, "attempt_start_ts": t_start,
+                 "setup_s": time.time() - t_start})
     info.setdefault("start_ts", t_start)
     write_json(out / "trial.json", info)
 

@@ -95,7 +95,9 @@ def _init_ray(address: str | None, settings: SearchSettings) -> float:
     if address:
         kwargs["address"] = address
     else:  # "local": always a fresh instance, never silently joining a cluster found on this machine
-        kwargs.update(address="local", include_dashboard=False)
+        # A saturated laptop CPU can starve the raylet's heartbeats; give it a minute, not 15 s.
+        kwargs.update(address="local", include_dashboard=False,
+                      _system_config={"health_check_failure_threshold": 20, "health_check_timeout_ms": 10000})
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -192,6 +194,9 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     # Save Tune's experiment state every few seconds (default: >= 10 s) so a killed driver
     # loses little; our own per-trial files already make finished trials safe.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Ctrl-C must not reach trials as a graceful stop (they would record an early stop and a
+    # resume would skip them): let it interrupt the driver, as a kill would, and resume instead.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     ray_init_s = _init_ray(address, settings)
     try:
         tuner = _tuner(settings, run_dir, resume)
@@ -212,7 +217,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         finished = [r for r in rows if r["status"] in ("finished", "stopped") and r["val_dice"] != ""]
         best = _write_best(run_dir, settings, finished[0], manifest) if finished and not interrupted else None
         ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
-        starts = [r["start_ts"] + r["setup_s"] for r in rows if r["start_ts"] != ""]
+        starts = [r["start_ts"] for r in rows if r["start_ts"] != ""]
+        this_run = [r["attempt_start_ts"] for r in rows if r["attempt_start_ts"] != "" and r["attempt_start_ts"] >= t_search]
         summary = {
             "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
             "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
@@ -220,8 +226,10 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
             "status": outputs.status_counts(rows), "interrupted": interrupted,
             "ray_init_s": ray_init_s,
-            "startup_s": ray_init_s + (min(starts) - t_search if starts else 0.0),
-            "wall_time_s": (max(ends) - t_search) if ends else None,
+            # start-up: Ray, then worker processes importing torch, until the first trial starts;
+            # wall time: first trial start to last trial end (DDP group start-up included).
+            "startup_s": ray_init_s + (min(this_run) - t_search if this_run else 0.0),
+            "wall_time_s": (max(ends) - min(starts)) if ends and starts else None,
             "command_time_s": time.perf_counter() - t_command,
             "nodes": len({r["node"] for r in rows if r["node"]}),
             "best_trial": best["trial_id"] if best else None,

@@ -1,0 +1,211 @@
+"""Killed workers, killed jobs, Ctrl-C, NaN trials and bad inputs: nothing finished is lost.
+
+These tests really kill processes: a trial's worker with SIGKILL mid-epoch, the whole job
+(driver and its local Ray cluster, one process group) with SIGKILL, then `--resume`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxtune.cli import main
+
+FAULTS = Path(__file__).parent / "faults"
+
+
+def _tune(run: Path, cache: Path, space: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    (run.parent / "space.yaml").write_text(space)
+    cmd = [sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache), "--out", str(run),
+           "--space", str(run.parent / "space.yaml"), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def _read(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        found = predicate()
+        if found:
+            return found
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for the search")
+
+
+def _trials(run: Path) -> dict[str, dict]:
+    return {p.parent.name: info for p in (run / "trials").glob("*/trial.json") if (info := _read(p))}
+
+
+def _epochs(run: Path, trial_id: str) -> list[int]:
+    return [r["epoch"] for r in _read(run / "trials" / trial_id / "metrics.json", [])]
+
+
+def _leaderboard(run: Path) -> list[dict]:
+    with open(run / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300.0) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, rank", [("experiment", 0), ("data", 1)])
+def test_killed_worker_is_retried_from_its_checkpoint(mode, rank, cache_dir, tmp_path):
+    """SIGKILL one rank mid-trial: the trial restarts from its last epoch, each epoch recorded once."""
+    run = tmp_path / "run"
+    proc = _tune(run, cache_dir, "lr: {grid: [0.002]}\n", "--mode", mode, "--workers", "2", "--epochs", "8")
+
+    def running_at_epoch_2():
+        for trial_id, info in _trials(run).items():
+            if len(_epochs(run, trial_id)) >= 2 and info["status"] == "running":
+                return trial_id, info
+        return None
+
+    trial_id, info = _wait_for(running_at_epoch_2, proc)
+    os.kill(info["pids"][rank], signal.SIGKILL)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err[-3000:]
+    assert _epochs(run, trial_id) == list(range(1, 9))
+    final = _read(run / "trials" / trial_id / "trial.json")
+    assert final["status"] == "finished" and final["attempts"] == 2
+    row = _leaderboard(run)[0]
+    assert row["status"] == "finished" and row["epochs"] == "8"
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_without_redoing_finished_trials(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    space = "lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n"
+    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "4")
+
+    def one_finished_one_midway():
+        trials = _trials(run)
+        done = [t for t, i in trials.items() if i["status"] == "finished"]
+        midway = [t for t, i in trials.items() if i["status"] == "running" and _epochs(run, t)]
+        return (done, midway) if done and midway else None
+
+    done, midway = _wait_for(one_finished_one_midway, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray cluster, as SLURM would
+    proc.communicate()
+    kept = {p: p.stat().st_mtime_ns for t in done for p in (run / "trials" / t).rglob("*") if p.is_file()}
+    assert kept
+
+    rc, out, err = _finish(_tune(run, cache_dir, space, "--resume"))
+    assert rc == 0, err[-3000:]
+    rows = _leaderboard(run)
+    assert len(rows) == 4 and all(r["status"] == "finished" and r["epochs"] == "4" for r in rows)
+    for row in rows:
+        assert _epochs(run, row["trial_id"]) == [1, 2, 3, 4]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished trials untouched
+    assert _read(run / "best.json")["trial_id"] == rows[0]["trial_id"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_leaderboard_and_says_how_to_resume(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    space = "lr: {grid: [0.001, 0.005]}\n"
+    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "10")
+    _wait_for(lambda: any(_epochs(run, t) for t in _trials(run)), proc)
+    os.kill(proc.pid, signal.SIGINT)
+    rc, out, err = _finish(proc)
+    assert rc == 130
+    assert f"voxtune tune --out {run} --resume" in err
+    rows = _leaderboard(run)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"interrupted"}
+    assert "Traceback" not in err
+
+    rc, out, err = _finish(_tune(run, cache_dir, space, "--resume"))
+    assert rc == 0, err[-3000:]
+    for row in _leaderboard(run):
+        assert row["status"] == "finished" and _epochs(run, row["trial_id"]) == list(range(1, 11))
+
+
+@pytest.mark.slow
+def test_nan_trial_is_an_error_with_its_reason_and_the_search_goes_on(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    env = {"PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
+           "VOXTUNE_FAULT_NAN_LR": "0.005"}
+    proc = _tune(run, cache_dir, "lr: {grid: [0.001, 0.005]}\n", "--mode", "experiment", "--workers", "2",
+                 "--epochs", "2", env=env)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err[-3000:]
+    rows = {r["lr"]: r for r in _leaderboard(run)}
+    assert rows["0.001"]["status"] == "finished"
+    assert rows["0.005"]["status"] == "error"
+    assert "loss became nan at epoch 1" in rows["0.005"]["reason"]
+    assert _read(run / "trials" / rows["0.005"]["trial_id"] / "trial.json")["attempts"] == 1  # not retried
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_cache_file_failing_its_checksum_is_one_line(cache_copy, tmp_path, capsys):
+    manifest = _read(cache_copy / "manifest.json")
+    case = next(c for c in manifest["cases"] if c["split"] == "train")
+    image = cache_copy / case["files"]["image"]
+    array = np.load(image)
+    array.flat[0] += 1.0
+    np.save(image, array)
+    rc = main(["train", "--cache", str(cache_copy), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert rc == 2
+    line = _one_line(capsys)
+    assert case["id"] in line and "voxtune prepare" in line
+
+
+def test_incompatible_cache_version_is_one_line(cache_copy, tmp_path, capsys):
+    manifest = _read(cache_copy / "manifest.json")
+    manifest["version"] = 999
+    (cache_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["train", "--cache", str(cache_copy), "--out", str(tmp_path / "run")]) == 2
+    assert "voxtune prepare" in _one_line(capsys)
+
+
+def test_resume_without_a_search_is_one_line(tmp_path, capsys):
+    assert main(["tune", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "no search to resume" in _one_line(capsys)
+
+
+def test_yaml_is_loaded_safely(tmp_path, capsys):
+    evil = tmp_path / "train.yaml"
+    evil.write_text("lr: !!python/object/apply:os.system ['touch pwned']\n")
+    assert main(["train", "--cache", str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(evil)]) == 2
+    assert "not readable as YAML" in _one_line(capsys)
+    assert not Path("pwned").exists()
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    """A checkpoint that would run code on load is refused, not executed."""
+    import torch
+
+    from voxtune.errors import VoxtuneError
+    from voxtune.train.checkpoint import load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"model": Evil()}, tmp_path / "last.pt")
+    with pytest.raises(VoxtuneError, match="not a readable voxtune checkpoint"):
+        load_checkpoint(tmp_path / "last.pt")
+    assert not (tmp_path / "pwned").exists()
