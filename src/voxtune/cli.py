@@ -137,6 +137,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voxtune.demo import run_demo
+
+    return run_demo(args.out, epochs=args.epochs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtune",
@@ -239,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--sweep", action="store_true", help="predicted speed-up from 1 to 256 workers")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("demo", help="the main job end to end on this machine's CPUs (a few minutes)")
+    p.add_argument("--out", default="demo-run", help="folder for everything the demo makes")
+    p.add_argument("--epochs", type=int, default=8)
+    p.set_defaults(func=cmd_demo)
 
     return parser
 
