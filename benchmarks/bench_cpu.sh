@@ -13,8 +13,6 @@ WORK=${1:-bench-cpu}
 VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
 if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
 uptime
-# A private Ray instance: otherwise ray.init() joins any cluster already started on this machine.
-export RAY_ADDRESS=${RAY_ADDRESS:-local}
 
 "$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases 12 --shape 48 48 48 --seed 0
 "$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache"
