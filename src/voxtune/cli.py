@@ -133,7 +133,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from voxtune.bench.plan import run_plan
 
     run_plan(workers=args.workers, trials=args.trials, calibration=args.calibration,
-             gpus_per_node=args.gpus_per_node, as_json=args.json, sweep=args.sweep)
+             gpus_per_node=args.gpus_per_node, as_json=args.json, sweep=args.sweep, epochs=args.epochs)
     return 0
 
 
@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, required=True)
     p.add_argument("--calibration", help="bench.json of a `voxtune bench` run")
     p.add_argument("--gpus-per-node", type=int, help="workers per node (all-reduce crosses nodes above it)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the calibration's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--sweep", action="store_true", help="predicted speed-up from 1 to 256 workers")
     p.set_defaults(func=cmd_plan)
