@@ -217,7 +217,6 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         finished = [r for r in rows if r["status"] in ("finished", "stopped") and r["val_dice"] != ""]
         best = _write_best(run_dir, settings, finished[0], manifest) if finished and not interrupted else None
         ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
-        starts = [r["start_ts"] for r in rows if r["start_ts"] != ""]
         this_run = [r["attempt_start_ts"] for r in rows if r["attempt_start_ts"] != "" and r["attempt_start_ts"] >= t_search]
         summary = {
             "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
@@ -227,9 +226,10 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             "status": outputs.status_counts(rows), "interrupted": interrupted,
             "ray_init_s": ray_init_s,
             # start-up: Ray, then worker processes importing torch, until the first trial starts;
-            # wall time: first trial start to last trial end (DDP group start-up included).
+            # wall time: the search's start (Ray up) to its last trial's end, so worker and DDP
+            # group start-up count against every mode alike.
             "startup_s": ray_init_s + (min(this_run) - t_search if this_run else 0.0),
-            "wall_time_s": (max(ends) - min(starts)) if ends and starts else None,
+            "wall_time_s": (max(ends) - t_search) if ends else None,
             "command_time_s": time.perf_counter() - t_command,
             "nodes": len({r["node"] for r in rows if r["node"]}),
             "best_trial": best["trial_id"] if best else None,
