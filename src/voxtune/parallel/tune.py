@@ -197,6 +197,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     # Ctrl-C must not reach trials as a graceful stop (they would record an early stop and a
     # resume would skip them): let it interrupt the driver, as a kill would, and resume instead.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Our ProgressLines replace Ray's tables; the legacy reporter at verbose=0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray_init_s = _init_ray(address, settings)
     try:
         tuner = _tuner(settings, run_dir, resume)
