@@ -51,3 +51,14 @@ def msd_copy(msd_dir, tmp_path) -> Path:
 def cache_copy(cache_dir, tmp_path) -> Path:
     """A private, writable copy of `cache_dir`."""
     return Path(shutil.copytree(cache_dir, tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def regions_run(regions_cache_dir, tmp_path_factory) -> Path:
+    """A 2-epoch `voxtune train` run on `regions_cache_dir` (shared by predict and report tests)."""
+    from voxtune.cli import main
+
+    out = tmp_path_factory.mktemp("regions_run") / "run"
+    assert main(["train", "--cache", str(regions_cache_dir), "--out", str(out), "--epochs", "2",
+                 "--threads", "1"]) == 0
+    return out

@@ -19,15 +19,6 @@ def _one_line_error(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def regions_run(regions_cache_dir, tmp_path_factory):
-    """A 1-epoch train run on the shared WT/TC/ET cache (24^3 sources)."""
-    out = tmp_path_factory.mktemp("predict_run") / "run"
-    assert main(["train", "--cache", str(regions_cache_dir), "--out", str(out), "--epochs", "1",
-                 "--threads", "1"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def resized(tmp_path_factory):
     """(MSD folder of 24x24x27 cases, run trained on a 16^3 resized, patch-trained regions cache)."""
     root = tmp_path_factory.mktemp("predict_resized")

@@ -54,15 +54,6 @@ def _column(dom: str, key: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def train_run(regions_cache_dir, tmp_path_factory):
-    """A 2-epoch train run on the shared WT/TC/ET cache."""
-    out = tmp_path_factory.mktemp("report_train") / "run"
-    assert main(["train", "--cache", str(regions_cache_dir), "--out", str(out), "--epochs", "2",
-                 "--threads", "1"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def search_run(regions_cache_dir, tmp_path_factory):
     """A 2-trial experiment-parallel search, 1 epoch each (about 40 s: the one Ray start of this file)."""
     root = tmp_path_factory.mktemp("report_search")
@@ -77,9 +68,9 @@ def search_run(regions_cache_dir, tmp_path_factory):
     return root / "run"
 
 
-def test_train_run_report(train_run, tmp_path, capsys):
+def test_regions_run_report(regions_run, tmp_path, capsys):
     out = tmp_path / "train.html"
-    assert main(["report", "--run", str(train_run), "--out", str(out)]) == 0
+    assert main(["report", "--run", str(regions_run), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
     assert "Learning curves" in page and len(IMG.findall(page)) >= 1
@@ -87,17 +78,17 @@ def test_train_run_report(train_run, tmp_path, capsys):
 
 
 @needs_chromium
-def test_train_report_renders_and_sorts(train_run, tmp_path):
+def test_train_report_renders_and_sorts(regions_run, tmp_path):
     out = tmp_path / "train.html"
-    assert main(["report", "--run", str(train_run), "--out", str(out)]) == 0
+    assert main(["report", "--run", str(regions_run), "--out", str(out)]) == 0
     dom = _sorted_by_click(out, tmp_path, "epoch")  # already ascending: one click keeps 1, 2
     assert _column(dom, "epoch") == ["1", "2"]
 
 
-def test_bad_report_inputs_exit_2(train_run, msd_dir, tmp_path, capsys):
+def test_bad_report_inputs_exit_2(regions_run, msd_dir, tmp_path, capsys):
     for argv, expected in ((["--run", str(tmp_path / "none")], "no such run folder"),
                            (["--run", str(msd_dir)], "neither leaderboard.csv"),
-                           (["--run", str(train_run), "--bench", str(tmp_path)], "no bench.json")):
+                           (["--run", str(regions_run), "--bench", str(tmp_path)], "no bench.json")):
         assert main(["report", *argv]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and expected in err, err
