@@ -1,5 +1,4 @@
 """voxtune.data.msd: dataset.json validation, safe case paths, NIfTI loading errors."""
-import gzip
 import json
 import os
 

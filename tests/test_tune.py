@@ -160,3 +160,29 @@ def test_missing_cache_is_one_line(tmp_path, capsys):
     assert rc == 2
     assert "voxtune prepare" in _one_error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_optuna_search_with_asha_scheduler(cache_dir, tmp_path):
+    """Optuna samples from a continuous space; ASHA may stop trials early (status 'stopped')."""
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {loguniform: [0.0005, 0.01]}\nnorm: {choice: [bn, gn]}\n")
+    run = tmp_path / "run"
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(run), "--mode", "experiment", "--space", str(space),
+               "--search", "optuna", "--num-samples", "4", "--scheduler", "asha", "--epochs", "4",
+               "--workers", "2"])
+    assert rc == 0
+    rows = _leaderboard(run)
+    assert len(rows) == 4
+    assert {r["status"] for r in rows} <= {"finished", "stopped"} and "finished" in {r["status"] for r in rows}
+    for row in rows:
+        assert 0.0005 <= float(row["lr"]) <= 0.01 and row["norm"] in ("bn", "gn")
+        epochs = _read_epochs(run, row["trial_id"])
+        assert epochs == list(range(1, int(row["epochs"]) + 1))
+        assert len(epochs) == 4 or row["status"] == "stopped"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["search"] == "optuna" and summary["scheduler"] == "asha"
+
+
+def _read_epochs(run: Path, trial_id: str) -> list[int]:
+    return [r["epoch"] for r in json.loads((run / "trials" / trial_id / "metrics.json").read_text())]

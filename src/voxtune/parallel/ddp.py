@@ -63,7 +63,8 @@ class WorkerGroup:
         if workers == 1:
             return
         pg = ray.util.get_current_placement_group()
-        backend = "nccl" if gpus and torch.cuda.is_available() else "gloo"
+        # NCCL wants one rank per GPU; ranks packed onto a shared GPU (fractions) fall back to gloo.
+        backend = "nccl" if gpus >= 1 and torch.cuda.is_available() else "gloo"
         addr, port = ray.util.get_node_ip_address(), _free_port()
         self.ranks = [
             Rank.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(

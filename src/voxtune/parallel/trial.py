@@ -45,15 +45,11 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         records = _read(out / "metrics.json", []) or [{}]
         tune.report(records[-1])
         return
-    if _GROUP is None:
-        _GROUP = WorkerGroup(settings["workers_per_trial"], settings["cpus"], settings["gpus"])
     info.update({"trial_id": trial_id, "config": dict(config), "status": "running", "reason": "",
-                 "node": ray.get_runtime_context().get_node_id(), "node_ip": _GROUP.nodes[0],
-                 "nodes": _GROUP.nodes, "workers": _GROUP.workers, "group_id": _GROUP.group_id, "pids": _GROUP.pids,
-                 "attempts": info.get("attempts", 0) + 1, "attempt_start_ts": t_start,
-                 "setup_s": time.time() - t_start})
+                 "node": ray.get_runtime_context().get_node_id(), "workers": settings["workers_per_trial"],
+                 "attempts": info.get("attempts", 0) + 1, "attempt_start_ts": t_start})
     info.setdefault("start_ts", t_start)
-    write_json(out / "trial.json", info)
+    write_json(out / "trial.json", info)  # before anything can fail, so the leaderboard lists it
 
     def report(record: dict[str, Any]) -> bool:
         try:
@@ -63,6 +59,11 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         return False
 
     try:
+        if _GROUP is None:
+            _GROUP = WorkerGroup(settings["workers_per_trial"], settings["cpus"], settings["gpus"])
+        info.update({"node_ip": _GROUP.nodes[0], "nodes": _GROUP.nodes, "group_id": _GROUP.group_id,
+                     "pids": _GROUP.pids, "setup_s": time.time() - t_start})
+        write_json(out / "trial.json", info)
         summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
         info.update(status="stopped" if summary["stopped_early"] else "finished",
                     train_time_s=summary["train_time_s"], epochs=summary["epochs"])

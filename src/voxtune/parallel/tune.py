@@ -90,8 +90,7 @@ def _init_ray(address: str | None, settings: SearchSettings) -> float:
     import ray
 
     t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True,
-                              "runtime_env": {"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "600"}}}
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         kwargs["address"] = address
     else:  # "local": always a fresh instance, never silently joining a cluster found on this machine
@@ -170,7 +169,11 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
         param_space=to_tune(settings.space, settings.search),
         tune_config=tune.TuneConfig(metric="val_dice", mode="max", search_alg=search_alg, scheduler=scheduler,
                                     num_samples=settings.num_samples or 1,
-                                    max_concurrent_trials=settings.concurrent_trials, reuse_actors=True,
+                                    max_concurrent_trials=settings.concurrent_trials,
+                                    # Reuse keeps DDP groups alive across trials. Ray 2.60 fails to
+                                    # reset an actor whose trial ASHA stopped (the trial errors), so
+                                    # with ASHA every trial gets a fresh actor and group.
+                                    reuse_actors=settings.scheduler == "fifo",
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -186,7 +189,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     if settings is not None:
         read_manifest(settings.check().cache_dir)  # a missing cache fails before RUN is created
     settings = _prepare_run_dir(run_dir, settings, resume)
-    manifest = read_manifest(settings.cache_dir)
+    if resume:
+        read_manifest(settings.cache_dir)  # the saved cache may have gone since
     searched = list(settings.space)
 
     import ray
@@ -208,6 +212,12 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             results = tuner.fit()
             errors = {Path(r.path).name: f"{type(r.error).__name__}: {r.error}".splitlines()[0][:300]
                       for r in results if r.error is not None}
+            for r in results:  # a trial that failed before it ever ran still gets its leaderboard row
+                trial_json = run_dir / "trials" / Path(r.path).name / "trial.json"
+                if not trial_json.exists():
+                    write_json(trial_json, {"trial_id": trial_json.parent.name, "status": "error",
+                                            "config": {k: r.config.get(k) for k in searched},
+                                            "reason": errors.get(trial_json.parent.name, "never started")})
         except KeyboardInterrupt:
             interrupted, errors = True, {}
         rows = outputs.trial_rows(run_dir, searched, errors)
@@ -217,7 +227,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
                 row["status"] = "interrupted"
         outputs.write_leaderboard(run_dir / "leaderboard.csv", rows)
         finished = [r for r in rows if r["status"] in ("finished", "stopped") and r["val_dice"] != ""]
-        best = _write_best(run_dir, settings, finished[0], manifest) if finished and not interrupted else None
+        best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
         ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
         this_run = [r["attempt_start_ts"] for r in rows if r["attempt_start_ts"] != "" and r["attempt_start_ts"] >= t_search]
         summary = {
@@ -244,7 +254,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         ray.shutdown()
 
 
-def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any], manifest: dict) -> dict[str, Any]:
+def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) -> dict[str, Any]:
     """best.json: the best trial's config, its validation metrics, and test metrics of its best checkpoint."""
     import ray
 
