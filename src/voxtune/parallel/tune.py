@@ -113,7 +113,8 @@ def _init_ray(address: str | None, settings: SearchSettings) -> float:
     return time.perf_counter() - t0
 
 
-def _prepare_run_dir(run_dir: Path, settings: SearchSettings | None, resume: bool) -> SearchSettings:
+def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: bool) -> SearchSettings:
+    """The settings to run: those saved in RUN with --resume, else the given ones for a RUN without a search."""
     saved = run_dir / "search.json"
     if resume:
         if not saved.exists():
@@ -125,8 +126,6 @@ def _prepare_run_dir(run_dir: Path, settings: SearchSettings | None, resume: boo
     if saved.exists() or (run_dir / "trials").exists():
         raise VoxtuneError(f"{run_dir} already holds a search; continue it with --resume or choose another --out")
     assert settings is not None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(saved, asdict(settings))
     return settings
 
 
@@ -188,7 +187,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     run_dir = Path(run_dir).resolve()
     if settings is not None:
         read_manifest(settings.check().cache_dir)  # a missing cache fails before RUN is created
-    settings = _prepare_run_dir(run_dir, settings, resume)
+    settings = _search_settings(run_dir, settings, resume)
     if resume:
         read_manifest(settings.cache_dir)  # the saved cache may have gone since
     searched = list(settings.space)
@@ -204,6 +203,9 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     # Our ProgressLines replace Ray's tables; the legacy reporter at verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray_init_s = _init_ray(address, settings)
+    if not resume:  # written once Ray is up: a cluster that cannot be joined leaves no half-made RUN
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "search.json", asdict(settings))
     try:
         tuner = _tuner(settings, run_dir, resume)
         t_search = time.time()
