@@ -8,7 +8,6 @@ finished search is only re-reported).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from voxtune.parallel.space import validate_space
@@ -22,11 +21,12 @@ def run_demo(out: str | Path, epochs: int = 8, cases: int = 12, size: int = 48) 
     from voxtune.parallel.outputs import format_leaderboard
     from voxtune.parallel.tune import SearchSettings, run_search
     from voxtune.report import write_report
+    from voxtune.train.loop import default_threads
     from voxtune.viz import visualize
 
     out = Path(out).resolve()
     msd, cache, run = out / "Task01_BrainTumour", out / "cache", out / "search"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = default_threads()
 
     print(f"[1/4] synthetic MSD Task01 dataset: {cases} cases at {size}^3 -> {msd}")
     if not (msd / "dataset.json").exists():

@@ -16,13 +16,13 @@ import csv
 import datetime
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voxtune.errors import VoxtuneError
+from voxtune.files import read_json
 
 _SORT_JS = """
 document.querySelectorAll('table.sortable').forEach(function (table) {
@@ -86,13 +86,6 @@ _TIMING = {"mode": "mode", "workers": "workers (W)", "workers_per_trial": "worke
            "ray_init_s": "Ray start (s)", "command_time_s": "whole command (s)", "interrupted": "interrupted"}
 # Columns of leaderboard.csv the table leaves out: raw epoch timestamps are shown as a timeline.
 _HIDDEN = ("start_ts", "end_ts", "node_ip")
-
-
-def _read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
 
 
 def _num(value: Any) -> float | None:
@@ -330,14 +323,14 @@ def _find_bench(run: Path, bench: str | Path | None) -> Path | None:
         path = path / "bench.json" if path.is_dir() else path
         if not path.is_file():
             raise VoxtuneError(f"--bench {bench}: no bench.json there (run `voxtune bench` first)")
-        if _read_json(path) is None:
+        if read_json(path) is None:
             raise VoxtuneError(f"--bench {path}: not valid JSON")
         return path
     return next((p for p in (run / "bench.json", run / "bench" / "bench.json") if p.is_file()), None)
 
 
 def _bench_section(path: Path) -> str:
-    runs = (_read_json(path, {}) or {}).get("runs") or []
+    runs = (read_json(path, {}) or {}).get("runs") or []
     parts = [f"<p>From <code>{html.escape(str(path))}</code>.</p>"]
     points = [r for r in runs if _num(r.get("workers")) and _num(r.get("speedup"))]
     if points:
@@ -377,9 +370,9 @@ def _bench_section(path: Path) -> str:
 def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
     with open(run / "leaderboard.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    summary = _read_json(run / "summary.json", {}) or {}
-    settings = _read_json(run / "search.json", {}) or {}
-    best = _read_json(run / "best.json")
+    summary = read_json(run / "summary.json", {}) or {}
+    settings = read_json(run / "search.json", {}) or {}
+    best = read_json(run / "best.json")
     searched = summary.get("searched") or list(settings.get("space") or [])
     best_id = best.get("trial_id") if best else None
     out: list[tuple[str, str]] = []
@@ -402,7 +395,7 @@ def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
 
     series = {}
     for r in rows:
-        records = _read_json(run / "trials" / r["trial_id"] / "metrics.json", [])
+        records = read_json(run / "trials" / r["trial_id"] / "metrics.json", [])
         if records:
             series[r["trial_id"]] = records
     out.append(("Learning curves", _curves(series, best_id) if series else _note("No trial has finished an epoch.")))
@@ -439,7 +432,7 @@ def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
 
 
 def _train_sections(run: Path) -> list[tuple[str, str]]:
-    records = _read_json(run / "metrics.json", []) or []
+    records = read_json(run / "metrics.json", []) or []
     if not records:
         return [("Learning curves", _note(f"{run / 'metrics.json'} holds no finished epoch yet."))]
     best = max(records, key=lambda r: r.get("val_dice", -1))

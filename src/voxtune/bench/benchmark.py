@@ -22,7 +22,7 @@ from typing import Any
 from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.errors import VoxtuneError
-from voxtune.train.checkpoint import write_json
+from voxtune.files import write_json
 
 MODES = ("experiment", "data", "hybrid")
 

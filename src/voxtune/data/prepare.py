@@ -12,7 +12,6 @@ renamed into place, and a case counts as done only when its sidecar's sha256 mat
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtune.data.cache import (CACHE_VERSION, MANIFEST, REGIONS, sha256_file, write_json_atomic)
+from voxtune.data.cache import CACHE_VERSION, MANIFEST, REGIONS, sha256_file
 from voxtune.data.msd import CaseEntry, CaseError, TaskInfo, load_case as load_nifti_case, read_task
 from voxtune.errors import VoxtuneError
+from voxtune.files import TMP_MARK, atomic_write, write_json
 
 CROP_Z = (2, 1)  # slices dropped at the start and the end of Z: [..., 2:-1]
 CASES_DIR = "cases"
@@ -100,15 +100,9 @@ def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], se
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> str:
-    """np.save via a temp file in the same folder + rename; returns the file's sha256."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    return digest
+    """np.save through an atomic write; returns the file's sha256."""
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    return sha256_file(path)
 
 
 def _finished(out: Path, case_id: str, split: str) -> dict | None:
@@ -152,7 +146,7 @@ def _prepare_case(task: TaskInfo, entry: CaseEntry, out: Path, split: str, shape
     record = {"id": cid, "split": split, "image_shape": list(image.shape),
               "label_shape": list(label.shape), "source_shape": source_shape,
               "files": files, "sha256": sha}
-    write_json_atomic(cases / f"{cid}.json", record)  # written last: marks the case finished
+    write_json(cases / f"{cid}.json", record)  # written last: marks the case finished
     return "prepared", cid, record
 
 
@@ -194,9 +188,9 @@ def _open_cache(out: Path, settings: dict) -> None:
         raise VoxtuneError(f"{out} exists and is not a voxtune cache (no {MANIFEST}); choose another --out")
     else:
         (out / CASES_DIR).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / MANIFEST, {**settings, "cases": []})
+        write_json(out / MANIFEST, {**settings, "cases": []})
     (out / CASES_DIR).mkdir(exist_ok=True)
-    for stale in (out / CASES_DIR).glob("*.tmp-*"):  # partial files of an interrupted run
+    for stale in (out / CASES_DIR).glob(f"*{TMP_MARK}*"):  # partial files of an interrupted run
         stale.unlink(missing_ok=True)
 
 
@@ -249,5 +243,5 @@ def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | N
         bar.close()
     # Only a run that got through every case rewrites the manifest; an interrupted one leaves the
     # previous manifest, and its finished cases are found by checksum on the re-run.
-    write_json_atomic(out / MANIFEST, {**settings, "cases": sorted(records, key=lambda r: r["id"])})
+    write_json(out / MANIFEST, {**settings, "cases": sorted(records, key=lambda r: r["id"])})
     return result

@@ -7,28 +7,20 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from voxtune.train.checkpoint import atomic_write_bytes
-
-
-def _read(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
+from voxtune.files import atomic_write, read_json
 
 
 def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per trial folder, best validation epoch's metrics, sorted by val_dice (best first)."""
     rows = []
     for trial_dir in sorted((run_dir / "trials").glob("*/")):
-        info = _read(trial_dir / "trial.json", {})
+        info = read_json(trial_dir / "trial.json", {})
         if not info:
             continue
-        records = _read(trial_dir / "metrics.json", [])
+        records = read_json(trial_dir / "metrics.json", [])
         best = max(records, key=lambda r: r["val_dice"], default={})
         status, reason = info.get("status", "unknown"), info.get("reason", "")
         if errors and info["trial_id"] in errors:
@@ -55,7 +47,7 @@ def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields or ["trial_id"], restval="")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:

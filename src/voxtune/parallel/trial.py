@@ -6,7 +6,6 @@ Writes RUN/trials/<trial_id>/trial.json beside what `fit` writes there.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,10 @@ from ray import tune
 from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
 from voxtune.parallel.ddp import WorkerGroup
-from voxtune.train.checkpoint import write_json
+from voxtune.files import read_json, write_json
 
 # Kept across trials of a reused Tune actor: the DDP group's start-up is paid once.
 _GROUP: WorkerGroup | None = None
-
-
-def _read(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
 
 
 def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -39,10 +31,10 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config(config, base=make_config(settings["base_config"]))
 
-    info = _read(out / "trial.json", {})
+    info = read_json(out / "trial.json", {})
     if info.get("status") in ("finished", "stopped"):
         # Done before the driver died and Tune's state lagged behind: report, never retrain.
-        records = _read(out / "metrics.json", []) or [{}]
+        records = read_json(out / "metrics.json", []) or [{}]
         tune.report(records[-1])
         return
     info.update({"trial_id": trial_id, "config": dict(config), "status": "running", "reason": "",

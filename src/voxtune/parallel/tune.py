@@ -19,7 +19,7 @@ from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
 from voxtune.parallel import outputs
 from voxtune.parallel.space import count_trials, load_space, to_tune, validate_space
-from voxtune.train.checkpoint import write_json
+from voxtune.files import write_json
 
 MODES = ("experiment", "data", "hybrid")
 SEARCHES = ("grid", "random", "optuna")

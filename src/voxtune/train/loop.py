@@ -32,7 +32,8 @@ from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.data.loader import CaseDataset
 from voxtune.errors import VoxtuneError
 from voxtune.models import build_model
-from voxtune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
+from voxtune.files import write_json
+from voxtune.train.checkpoint import load_checkpoint, save_checkpoint
 from voxtune.train.metrics import dice_per_region, infer
 
 # report(record) -> True asks the loop to stop after this epoch (a scheduler's early stop).
