@@ -160,6 +160,33 @@ def _one_line(capsys) -> str:
     return err[0]
 
 
+def test_trial_killed_after_its_last_checkpoint_still_reports_its_metric(cache_dir, tmp_path, monkeypatch):
+    """The job died between the last epoch's checkpoint and trial.json saying "finished": on resume the
+    trial trains nothing, and Tune must still get its val_dice (else Tune fails the whole search)."""
+    from types import SimpleNamespace
+
+    from voxtune.config import make_config
+    from voxtune.parallel import trial as T
+    from voxtune.parallel.ddp import WorkerGroup
+    from voxtune.train.loop import fit
+
+    out = tmp_path / "run" / "trials" / "t1"
+    done = fit(make_config({"epochs": 2}), cache_dir, out, threads=1)
+    (out / "trial.json").write_text(json.dumps({"trial_id": "t1", "status": "running", "attempts": 1}))
+    reports: list[dict] = []
+    monkeypatch.setattr(T.tune, "report", reports.append)
+    monkeypatch.setattr(T.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(T.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    monkeypatch.setattr(T, "_GROUP", WorkerGroup(1, 1, 0))
+    T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": str(cache_dir), "base_config": {"epochs": 2},
+                     "workers_per_trial": 1, "cpus": 1, "gpus": 0})
+    assert [r["epoch"] for r in reports] == [2]
+    assert reports[0]["val_dice"] == done["metrics"][-1]["val_dice"]
+    info = _read(out / "trial.json")
+    assert info["status"] == "finished" and info["attempts"] == 2
+    assert _epochs(tmp_path / "run", "t1") == [1, 2]
+
+
 def test_cache_file_failing_its_checksum_is_one_line(cache_copy, tmp_path, capsys):
     manifest = _read(cache_copy / "manifest.json")
     case = next(c for c in manifest["cases"] if c["split"] == "train")

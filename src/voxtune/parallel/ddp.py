@@ -6,6 +6,10 @@ of the trial's placement group (Tune reserves all K bundles for the trial, gang-
 With `reuse_actors=True` Tune hands the same actor, placement group and therefore the same
 initialised process group to the next trial. Each trial builds a fresh model and DDP wrapper
 over that process group; the training loop itself is voxtune.train.loop.fit, unchanged.
+
+This module imports neither torch nor MONAI at import time: a new rank's process starts with it
+and then imports them (~6 s on a laptop CPU) while rank 0 does the same, in parallel, instead of
+one after the other.
 """
 from __future__ import annotations
 
@@ -14,21 +18,25 @@ import socket
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-import torch
-import torch.distributed as dist
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from voxtune.config import TrainConfig, make_config
-from voxtune.train.loop import Reporter, fit
+
+if TYPE_CHECKING:
+    from voxtune.train.loop import Reporter
 
 # Collectives give up after this long: a dead peer turns into an error Tune can retry, not a hang.
 _TIMEOUT = timedelta(minutes=10)
 
 
 def _init(addr: str, port: int, rank: int, world: int, backend: str) -> None:
+    import torch.distributed as dist
+
+    import voxtune.train.loop  # noqa: F401  # pay the MONAI import now, beside the other ranks'
+
     dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
                             timeout=_TIMEOUT)
 
@@ -42,6 +50,8 @@ class Rank:
         return ray.util.get_node_ip_address(), os.getpid()
 
     def fit(self, cfg: dict[str, Any], cache_dir: str, out_dir: str, threads: int) -> int:
+        from voxtune.train.loop import fit
+
         return fit(make_config(cfg), cache_dir, out_dir, threads=threads)["epochs"]
 
 
@@ -64,7 +74,8 @@ class WorkerGroup:
             return
         pg = ray.util.get_current_placement_group()
         # NCCL wants one rank per GPU; ranks packed onto a shared GPU (fractions) fall back to gloo.
-        backend = "nccl" if gpus >= 1 and torch.cuda.is_available() else "gloo"
+        # Ray tells whether this actor holds a GPU without importing torch (which would delay the peers).
+        backend = "nccl" if gpus >= 1 and ray.get_runtime_context().get_accelerator_ids().get("GPU") else "gloo"
         addr, port = ray.util.get_node_ip_address(), _free_port()
         self.ranks = [
             Rank.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -72,13 +83,15 @@ class WorkerGroup:
             for i in range(1, workers)
         ]
         joined = [r.setup.remote(addr, port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
-        _init(addr, port, 0, workers, backend)
+        _init(addr, port, 0, workers, backend)  # imports torch and MONAI here while the peers do too
         for node, pid in ray.get(joined):
             self.nodes.append(node)
             self.pids.append(pid)
 
     def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
         """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary."""
+        from voxtune.train.loop import fit
+
         threads = max(1, int(self.cpus))
         others = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads) for r in self.ranks]
         try:
@@ -93,5 +106,7 @@ class WorkerGroup:
         for r in self.ranks:
             ray.kill(r)
         self.ranks = []
+        import torch.distributed as dist
+
         if dist.is_initialized():
             dist.destroy_process_group()

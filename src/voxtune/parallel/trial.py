@@ -15,10 +15,11 @@ from ray import tune
 
 from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
-from voxtune.parallel.ddp import WorkerGroup
 from voxtune.files import read_json, write_json
+from voxtune.parallel.ddp import WorkerGroup
 
-# Kept across trials of a reused Tune actor: the DDP group's start-up is paid once.
+# Kept across trials of a reused Tune actor: the DDP group's start-up is paid once. (ddp imports
+# torch and MONAI only when a group starts, so the driver, which imports this module, never does.)
 _GROUP: WorkerGroup | None = None
 
 
@@ -43,7 +44,10 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     info.setdefault("start_ts", t_start)
     write_json(out / "trial.json", info)  # before anything can fail, so the leaderboard lists it
 
+    reported: list[int] = []  # epochs reported in this attempt
+
     def report(record: dict[str, Any]) -> bool:
+        reported.append(record["epoch"])
         try:
             tune.report(record)
         except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
@@ -57,6 +61,10 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
                      "pids": _GROUP.pids, "setup_s": time.time() - t_start})
         write_json(out / "trial.json", info)
         summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
+        if not reported and summary["metrics"]:
+            # Killed after its last epoch's checkpoint but before trial.json said so: the resumed
+            # run trains nothing, yet Tune must still receive the trial's metric.
+            tune.report(summary["metrics"][-1])
         info.update(status="stopped" if summary["stopped_early"] else "finished",
                     train_time_s=summary["train_time_s"], epochs=summary["epochs"])
     except VoxtuneError as exc:
