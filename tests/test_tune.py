@@ -6,8 +6,10 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,21 @@ def test_missing_cache_is_one_line(tmp_path, capsys):
     rc = main(["tune", "--cache", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--mode", "data"])
     assert rc == 2
     assert "voxtune prepare" in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_address_fails_fast_in_one_line(cache_dir, tmp_path, capsys):
+    """Nothing listens on the port: one line within seconds, not Ray's minutes of GCS retries."""
+    with socket.socket() as s:  # a port just freed: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), "--mode", "experiment",
+               "--address", f"127.0.0.1:{port}"])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert f"--address 127.0.0.1:{port}" in line and "ray start --head" in line
+    assert time.monotonic() - started < 30
     assert not (tmp_path / "run").exists()
 
 

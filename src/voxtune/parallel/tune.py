@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 from voxtune.config import make_config
 from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
+from voxtune.files import write_json
 from voxtune.parallel import outputs
 from voxtune.parallel.space import count_trials, load_space, to_tune, validate_space
-from voxtune.files import write_json
 
 MODES = ("experiment", "data", "hybrid")
 SEARCHES = ("grid", "random", "optuna")
@@ -85,6 +86,22 @@ class SearchSettings:
         return make_config(self.base_config).epochs
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, with one line, when nothing listens at a HOST:PORT --address.
+
+    Ray itself retries an unreachable GCS for minutes, logging as it goes; "auto" and ray://
+    addresses are left to Ray.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise VoxtuneError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one "
+                           "with `ray start --head --port PORT` on that node, or fix the address") from None
+
+
 def _init_ray(address: str | None, settings: SearchSettings) -> float:
     """Start or join Ray; returns seconds spent. Local: dashboard off, token auth as Ray sets it (on)."""
     import ray
@@ -92,6 +109,7 @@ def _init_ray(address: str | None, settings: SearchSettings) -> float:
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        _check_reachable(address)
         kwargs["address"] = address
     else:  # "local": always a fresh instance, never silently joining a cluster found on this machine
         # A saturated laptop CPU can starve the raylet's heartbeats; give it a minute, not 15 s.
@@ -131,6 +149,7 @@ def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: boo
 
 def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from voxtune.parallel.progress import ProgressLines
@@ -176,7 +195,7 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  callbacks=[progress], verbose=0),
+                                  callbacks=[progress, CSVLoggerCallback(), JsonLoggerCallback()], verbose=0),
     )
 
 
@@ -202,13 +221,17 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Our ProgressLines replace Ray's tables; the legacy reporter at verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's default loggers include a TensorBoardX one, whose import pulls torch into the driver
+    # (~3 s between Ray up and the first trial). Trials write their own TensorBoard events
+    # (RUN/trials/<id>/tb); Tune keeps its CSV and JSON results, passed in explicitly below.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     ray_init_s = _init_ray(address, settings)
+    t_search = time.time()  # the search starts with Ray up: the driver's own set-up counts
     if not resume:  # written once Ray is up: a cluster that cannot be joined leaves no half-made RUN
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "search.json", asdict(settings))
     try:
         tuner = _tuner(settings, run_dir, resume)
-        t_search = time.time()
         interrupted = False
         try:
             results = tuner.fit()
