@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The README's CPU numbers: the same 4-trial search under experiment and data parallelism at 1 and 2
-# workers (1 CPU core each), then the scaling model calibrated on it.
+# workers (1 CPU core each), the scaling model calibrated on it, and that model checked out of sample
+# against a second bench it never saw (3 trials x 6 epochs: a tail wave with a worker idle).
 #
 #     bash benchmarks/bench_cpu.sh [WORKDIR]      (default WORKDIR: bench-cpu)
 #
 # Needs a quiet 2-core machine: check `uptime` (load < 0.5) first; other work on the box slows the
-# 2-worker runs more than the 1-worker run and shows up as lost speed-up. Takes ~10-20 minutes.
-# Writes WORKDIR/bench/{bench.json,speedup.png,bench.md} and WORKDIR/plan.json.
+# 2-worker runs more than the 1-worker run and shows up as lost speed-up. Takes ~10 minutes.
+# Writes WORKDIR/bench/{bench.json,speedup.png,bench.md}, WORKDIR/plan.json, WORKDIR/holdout/bench.json
+# and WORKDIR/check.json (the out-of-sample error).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-bench-cpu}
@@ -18,6 +20,10 @@ uptime
 "$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache"
 "$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/bench" --workers 1 2 --modes experiment data \
     --trials 4 --epochs 4
-"$VOXTUNE" plan --calibration "$WORK/bench/bench.json" --workers 2 --trials 4 --json | tee "$WORK/plan.json"
+"$VOXTUNE" plan --calibration "$WORK/bench/bench.json" --workers 2 --trials 4 --json > "$WORK/plan.json"
+"$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/holdout" --workers 1 2 --modes experiment data \
+    --trials 3 --epochs 6
+"$VOXTUNE" plan --calibration "$WORK/bench/bench.json" --check "$WORK/holdout/bench.json" --json > "$WORK/check.json"
 cat "$WORK/bench/bench.md"
+"$VOXTUNE" plan --calibration "$WORK/bench/bench.json" --check "$WORK/holdout/bench.json"
 uptime

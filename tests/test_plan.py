@@ -123,7 +123,49 @@ def test_plan_table_and_sweep_say_the_defaults_are_not_measured(capsys):
     assert "default constants" in out and "recommended:" in out and "256" in out
 
 
+def _write(tmp_path, name: str, bench: dict) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(bench))
+    return str(path)
+
+
+def test_check_predicts_another_benchs_runs_out_of_sample(tmp_path, capsys):
+    """Calibrated on 4 trials x 3 epochs, the model predicts a bench of 3 trials x 5 epochs made by the same
+    machine: a tail wave with one worker idle, other epochs, every mode."""
+    calibration = _write(tmp_path, "a.json", fake_bench(TRUTH, trials=4))
+    other = _write(tmp_path, "b.json", fake_bench(replace(TRUTH, epochs=5), trials=3))
+    assert main(["plan", "--calibration", calibration, "--check", other, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["mode"], r["workers"], r["trials"], r["epochs"]) for r in out["runs"]] == [
+        ("experiment", 1, 3, 5), ("experiment", 2, 3, 5), ("data", 2, 3, 5)]
+    assert out["max_abs_error_pct"] < 1e-6
+    assert main(["plan", "--calibration", calibration, "--check", other]) == 0
+    assert "out of sample" in capsys.readouterr().out
+
+
+def test_check_reports_a_model_that_does_not_hold(tmp_path, capsys):
+    """Runs made by a machine 1.5x slower per step are predicted too fast, and the error says so."""
+    calibration = _write(tmp_path, "a.json", fake_bench(TRUTH))
+    other = _write(tmp_path, "b.json", fake_bench(replace(TRUTH, step_s=1.5)))
+    result = P.check(calibration, other)
+    assert all(r["error_pct"] < -15 for r in result["runs"])
+    assert result["max_abs_error_pct"] == max(abs(r["error_pct"]) for r in result["runs"])
+
+
+def test_check_refuses_a_bench_of_another_setup(tmp_path, capsys):
+    a, b = fake_bench(), fake_bench()
+    a["settings"]["image_shape"], b["settings"]["image_shape"] = [4, 48, 48, 45], [4, 64, 64, 61]
+    b["machine"]["cpus"] = 16
+    rc = main(["plan", "--calibration", _write(tmp_path, "a.json", a), "--check", _write(tmp_path, "b.json", b)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_shape, cpus differ" in err[0]
+
+
 @pytest.mark.parametrize("args, words", [
+    ([], "--workers N and --trials M"),
+    (["--check", "MISSING"], "--check needs --calibration"),
+    (["--calibration", "NORUNS", "--check", "MISSING"], "--check"),
     (["--workers", "0", "--trials", "4"], "--workers 0"),
     (["--workers", "2", "--trials", "0"], "--trials 0"),
     (["--workers", "2", "--trials", "4", "--gpus-per-node", "0"], "--gpus-per-node 0"),

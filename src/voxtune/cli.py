@@ -130,8 +130,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from voxtune.bench.plan import run_plan
+    from voxtune.bench.plan import run_check, run_plan
 
+    if args.check:
+        run_check(args.calibration, args.check, as_json=args.json)
+        return 0
+    if args.workers is None or args.trials is None:
+        raise VoxtuneError("plan needs --workers N and --trials M (or --check BENCH.json with --calibration)")
     run_plan(workers=args.workers, trials=args.trials, calibration=args.calibration,
              gpus_per_node=args.gpus_per_node, as_json=args.json, sweep=args.sweep, epochs=args.epochs)
     return 0
@@ -238,9 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plan", help="predict the makespan of every mode and split; recommend one")
-    p.add_argument("--workers", type=int, required=True)
-    p.add_argument("--trials", type=int, required=True)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--trials", type=int)
     p.add_argument("--calibration", help="bench.json of a `voxtune bench` run")
+    p.add_argument("--check", metavar="BENCH_JSON",
+                   help="instead of planning: predict the runs of another bench.json (same cache, model and "
+                        "machine; other trials, epochs or workers) and print the model's out-of-sample error")
     p.add_argument("--gpus-per-node", type=int, help="workers per node (all-reduce crosses nodes above it)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the calibration's)")
     p.add_argument("--json", action="store_true")

@@ -18,6 +18,10 @@ Calibrated from a bench.json: step_s from the 1-worker run's per-epoch time; bot
 factors from experiment runs; beta from the
 data/hybrid runs' per-epoch time left over after the compute-only prediction; startup and per-trial
 overhead from wall time outside training loops. Without a calibration, DEFAULTS describe the paper.
+
+Error: bench.md reports the model against the runs it was calibrated on (in-sample);
+`voxtune plan --calibration A/bench.json --check B/bench.json` predicts the runs of another bench
+of the same cache, net and machine (other trials, epochs or worker counts) that the model never saw.
 """
 from __future__ import annotations
 
@@ -189,18 +193,23 @@ def calibrate(bench: dict[str, Any]) -> Model:
     return m
 
 
-def load_calibration(path: str | Path | None) -> Model:
-    if path is None:
-        return DEFAULTS
+def _read_bench(path: str | Path, flag: str) -> dict[str, Any]:
     path = Path(path)
     try:
         bench = json.loads(path.read_text())
     except FileNotFoundError:
-        raise VoxtuneError(f"--calibration {path}: file not found; run `voxtune bench` to make one") from None
+        raise VoxtuneError(f"{flag} {path}: file not found; run `voxtune bench` to make one") from None
     except (OSError, ValueError) as exc:
-        raise VoxtuneError(f"--calibration {path}: not readable as JSON ({str(exc).splitlines()[0]})") from None
+        raise VoxtuneError(f"{flag} {path}: not readable as JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(bench, dict):
-        raise VoxtuneError(f"--calibration {path}: expected a bench.json object")
+        raise VoxtuneError(f"{flag} {path}: expected a bench.json object")
+    return bench
+
+
+def load_calibration(path: str | Path | None) -> Model:
+    if path is None:
+        return DEFAULTS
+    bench = _read_bench(path, "--calibration")
     try:
         return replace(calibrate(bench), source=f"calibrated from {path}")
     except VoxtuneError as exc:
@@ -241,19 +250,75 @@ def sweep_speedups(m: Model, trials: int, gpus_per_node: int | None = None, top:
     return rows
 
 
-def model_error(bench_json: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
-    """Calibrate on a bench.json and predict each of its runs: [{mode, workers, measured, predicted, error_pct}]."""
-    bench = json.loads(Path(bench_json).read_text()) if not isinstance(bench_json, dict) else bench_json
-    m = calibrate(bench)
-    trials, out, seen = int(bench["settings"]["trials"]), [], set()
-    for r in bench["runs"]:
-        if (r["workers"], r["workers_per_trial"]) in seen:  # W = 1 is one run listed under several modes
-            continue
-        seen.add((r["workers"], r["workers_per_trial"]))
-        p = predict(m, r["workers"], trials, r["workers_per_trial"])["predicted_wall_s"]
-        out.append({"mode": r["mode"], "workers": r["workers"], "measured": r["wall_s"], "predicted": p,
-                    "error_pct": 100 * (p - r["wall_s"]) / r["wall_s"] if r["wall_s"] else float("nan")})
+def predict_runs(m: Model, bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """Predict each run of a bench.json with model m, at that bench's trials, epochs and case counts:
+    [{mode, workers, workers_per_trial, measured, predicted, error_pct}]."""
+    try:
+        s = bench["settings"]
+        m = replace(m, train_cases=int(s["train_cases"]), val_cases=int(s["val_cases"]),
+                    batch_size=int(s["batch_size"]), epochs=int(s["epochs"]))
+        trials, out, seen = int(s["trials"]), [], set()
+        for r in bench["runs"]:
+            if (r["workers"], r["workers_per_trial"]) in seen:  # W = 1 is one run listed under several modes
+                continue
+            seen.add((r["workers"], r["workers_per_trial"]))
+            p = predict(m, r["workers"], trials, r["workers_per_trial"])["predicted_wall_s"]
+            out.append({"mode": r["mode"], "workers": r["workers"], "workers_per_trial": r["workers_per_trial"],
+                        "trials": trials, "epochs": m.epochs, "measured": r["wall_s"], "predicted": p,
+                        "error_pct": 100 * (p - r["wall_s"]) / r["wall_s"] if r["wall_s"] else float("nan")})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VoxtuneError(f"not a usable bench.json: needs settings and runs ({type(exc).__name__}: {exc})") from None
     return out
+
+
+def model_error(bench_json: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
+    """Calibrate on a bench.json and predict each of its own runs (in-sample error)."""
+    bench = json.loads(Path(bench_json).read_text()) if not isinstance(bench_json, dict) else bench_json
+    return predict_runs(calibrate(bench), bench)
+
+
+# What must match for a calibration's per-step time to carry over to another bench's runs.
+SAME_SETUP = {"settings": ("image_shape", "model_params", "batch_size", "cpus_per_worker", "gpus_per_worker"),
+              "machine": ("cpus", "gpus", "gpu_name")}
+
+
+def _net(bench: dict[str, Any]) -> dict[str, Any]:
+    """The trained net and its input as configured; epochs and seed may differ between benches."""
+    config = (bench.get("settings") or {}).get("base_config") or {}
+    return {k: v for k, v in config.items() if k not in ("epochs", "seed")}
+
+
+def check(calibration: str | Path, other: str | Path) -> dict[str, Any]:
+    """Out-of-sample error: the model calibrated on one bench.json predicting another's measured runs."""
+    cal, runs = _read_bench(calibration, "--calibration"), _read_bench(other, "--check")
+    differ = [k for part, keys in SAME_SETUP.items() for k in keys
+              if (cal.get(part) or {}).get(k) != (runs.get(part) or {}).get(k)]
+    differ += ["model config"] if _net(cal) != _net(runs) else []
+    if differ:
+        raise VoxtuneError(f"--check {other}: its {', '.join(differ)} differ from --calibration {calibration}'s, "
+                           "so the calibrated step time does not apply; bench the same cache, model and "
+                           "machine for both")
+    try:
+        model = replace(calibrate(cal), source=f"calibrated from {calibration}")
+    except VoxtuneError as exc:
+        raise VoxtuneError(f"--calibration {calibration}: {exc}") from None
+    try:
+        rows = predict_runs(model, runs)
+    except VoxtuneError as exc:
+        raise VoxtuneError(f"--check {other}: {exc}") from None
+    worst = max((abs(r["error_pct"]) for r in rows), default=float("nan"))
+    return {"calibration": str(calibration), "checked": str(other), "runs": rows, "max_abs_error_pct": worst}
+
+
+def format_check(result: dict[str, Any]) -> str:
+    lines = [f"voxtune plan: model calibrated on {result['calibration']},",
+             f"predicting the runs measured in {result['checked']} (out of sample)", "",
+             f"{'mode':<11}{'workers':>8}{'K':>4}{'trials':>7}{'epochs':>7}{'measured':>10}{'predicted':>11}{'error':>8}"]
+    for r in result["runs"]:
+        lines.append(f"{r['mode']:<11}{r['workers']:>8}{r['workers_per_trial']:>4}{r['trials']:>7}{r['epochs']:>7}"
+                     f"{r['measured']:>9.1f}s{r['predicted']:>10.1f}s{r['error_pct']:>+7.1f}%")
+    lines += ["", f"largest error: {result['max_abs_error_pct']:.1f}%"]
+    return "\n".join(lines)
 
 
 def _hours(s: float) -> str:
@@ -302,6 +367,15 @@ def format_sweep(rows: list[dict[str, Any]], m: Model, trials: int) -> str:
         hyb = f"x{r['hybrid']:.2f} ({r['hybrid_k']})" if r["hybrid"] else "-"
         out.append(f"{r['workers']:>7}  {'x%.2f' % r['experiment']:>10}  {'x%.2f' % r['data']:>8}  {hyb:>12}")
     return "\n".join(out)
+
+
+def run_check(calibration: str | Path | None, other: str | Path, as_json: bool = False) -> dict[str, Any]:
+    """`voxtune plan --calibration A --check B`: print the model's out-of-sample error on B's runs."""
+    if calibration is None:
+        raise VoxtuneError("--check needs --calibration: the bench.json whose model predicts the checked runs")
+    result = check(calibration, other)
+    print(json.dumps(result, indent=2) if as_json else format_check(result))
+    return result
 
 
 def run_plan(*, workers: int, trials: int, calibration: str | Path | None = None, gpus_per_node: int | None = None,
