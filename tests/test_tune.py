@@ -164,6 +164,16 @@ def test_missing_cache_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_driver_side_of_a_search_imports_neither_torch_nor_monai():
+    """Every second the driver spends importing torch (~2 s) or MONAI (~4 s) delays the first trial; the
+    modules it loads to run a search (trainable, DDP group, outputs, test evaluation) must stay light."""
+    code = ("import sys, voxtune.cli, voxtune.parallel.tune, voxtune.parallel.trial, voxtune.parallel.ddp, "
+            "voxtune.parallel.progress, voxtune.parallel.outputs; "
+            "print(sorted(m for m in ('torch', 'monai', 'tensorboard', 'tensorboardX') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_unreachable_address_fails_fast_in_one_line(cache_dir, tmp_path, capsys):
     """Nothing listens on the port: one line within seconds, not Ray's minutes of GCS retries."""
     with socket.socket() as s:  # a port just freed: connections to it are refused

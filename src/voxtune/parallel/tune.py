@@ -279,11 +279,16 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         ray.shutdown()
 
 
+def _evaluate(checkpoint: str, cache_dir: str, split: str, threads: int) -> dict[str, Any]:
+    """voxtune.train.evaluate.evaluate, imported in the Ray worker: the driver never loads torch or MONAI."""
+    from voxtune.train.evaluate import evaluate
+
+    return evaluate(checkpoint, cache_dir, split, threads)
+
+
 def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) -> dict[str, Any]:
     """best.json: the best trial's config, its validation metrics, and test metrics of its best checkpoint."""
     import ray
-
-    from voxtune.train.evaluate import evaluate
 
     trial_dir = run_dir / "trials" / row["trial_id"]
     info = json.loads((trial_dir / "trial.json").read_text())
@@ -291,7 +296,7 @@ def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) ->
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
     threads = max(1, int(settings.cpus_per_worker))
     try:
-        test = ray.get(ray.remote(**resources)(evaluate).remote(str(checkpoint), settings.cache_dir, "test", threads))
+        test = ray.get(ray.remote(**resources)(_evaluate).remote(str(checkpoint), settings.cache_dir, "test", threads))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, VoxtuneError):
             raise exc.cause from None
