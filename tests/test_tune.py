@@ -211,5 +211,22 @@ def test_optuna_search_with_asha_scheduler(cache_dir, tmp_path):
     assert summary["search"] == "optuna" and summary["scheduler"] == "asha"
 
 
+@pytest.mark.slow
+def test_asha_stopped_trial_leaves_its_ddp_group_to_the_next(cache_dir, tmp_path):
+    """Data mode under ASHA: the trial ASHA stops early ends cleanly, and the next trial reuses the same
+    actor and DDP process group instead of starting a new one."""
+    space = tmp_path / "space.yaml"  # trials run one at a time, in this order: a good, a hopeless, a good lr
+    space.write_text("lr: {grid: [0.005, 0.0000001, 0.003]}\nnorm: gn\n")
+    run = tmp_path / "run"
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(run), "--mode", "data", "--space", str(space),
+               "--scheduler", "asha", "--epochs", "4", "--workers", "2"])
+    assert rc == 0
+    rows = {r["lr"]: r for r in _leaderboard(run)}
+    assert rows["1e-07"]["status"] == "stopped" and int(rows["1e-07"]["epochs"]) < 4
+    assert rows["0.005"]["status"] == "finished" and rows["0.003"]["status"] in ("finished", "stopped")
+    infos = [json.loads((run / "trials" / r["trial_id"] / "trial.json").read_text()) for r in rows.values()]
+    assert len({i["group_id"] for i in infos}) == 1 and all(i["attempts"] == 1 for i in infos)
+
+
 def _read_epochs(run: Path, trial_id: str) -> list[int]:
     return [r["epoch"] for r in json.loads((run / "trials" / trial_id / "metrics.json").read_text())]

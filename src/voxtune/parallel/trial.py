@@ -45,12 +45,15 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     write_json(out / "trial.json", info)  # before anything can fail, so the leaderboard lists it
 
     reported: list[int] = []  # epochs reported in this attempt
+    stopped_by_tune = False
 
     def report(record: dict[str, Any]) -> bool:
+        nonlocal stopped_by_tune
         reported.append(record["epoch"])
         try:
             tune.report(record)
         except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
+            stopped_by_tune = True
             return True
         return False
 
@@ -80,3 +83,8 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         raise
     info["end_ts"] = time.time()
     write_json(out / "trial.json", info)
+    if stopped_by_tune:
+        # End the trial's thread the way Tune asked (SystemExit 0), not by returning: a return makes
+        # Tune's function runner report once more and block, so a reused actor could not be reset
+        # for the next trial ("Could not re-use actor").
+        raise SystemExit(0)

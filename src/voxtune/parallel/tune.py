@@ -188,10 +188,9 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
         tune_config=tune.TuneConfig(metric="val_dice", mode="max", search_alg=search_alg, scheduler=scheduler,
                                     num_samples=settings.num_samples or 1,
                                     max_concurrent_trials=settings.concurrent_trials,
-                                    # Reuse keeps DDP groups alive across trials. Ray 2.60 fails to
-                                    # reset an actor whose trial ASHA stopped (the trial errors), so
-                                    # with ASHA every trial gets a fresh actor and group.
-                                    reuse_actors=settings.scheduler == "fifo",
+                                    # Reuse keeps DDP groups alive across trials, ASHA's stopped
+                                    # ones included (run_trial ends their thread as Tune expects).
+                                    reuse_actors=True,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
