@@ -185,6 +185,9 @@ def test_trial_killed_after_its_last_checkpoint_still_reports_its_metric(cache_d
     info = _read(out / "trial.json")
     assert info["status"] == "finished" and info["attempts"] == 2
     assert _epochs(tmp_path / "run", "t1") == [1, 2]
+    import ray
+
+    assert not ray.is_initialized()  # a one-rank group needs no Ray, and must not start one here
 
 
 def test_cache_file_failing_its_checksum_is_one_line(cache_copy, tmp_path, capsys):

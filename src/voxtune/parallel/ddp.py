@@ -99,7 +99,8 @@ class WorkerGroup:
         except BaseException:
             self.close()  # peers may be blocked in a collective rank 0 will never make
             raise
-        ray.get(others)
+        if others:  # (ray.get would start a Ray instance in a process that has none)
+            ray.get(others)
         return summary
 
     def close(self) -> None:
