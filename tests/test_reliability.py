@@ -190,6 +190,43 @@ def test_trial_killed_after_its_last_checkpoint_still_reports_its_metric(cache_d
     assert not ray.is_initialized()  # a one-rank group needs no Ray, and must not start one here
 
 
+def test_peer_dying_as_tune_tears_down_a_stopped_trial_is_not_an_error(tmp_path, monkeypatch):
+    """ASHA stops a data-parallel trial and Tune, with nothing to reuse the actor for, removes its
+    placement group: the peer dies under rank 0's last ray.get. The trial is "stopped", not "error",
+    and its thread ends with SystemExit(0), as Tune's function runner expects."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from voxtune.parallel import trial as T
+
+    out = tmp_path / "run" / "trials" / "t1"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps([{"epoch": 1, "val_dice": 0.4, "epoch_time_s": 1.5}]))
+
+    def stopped_by_scheduler(record):
+        raise SystemExit(0)  # what tune.report does in a trial Tune has decided to stop
+
+    class TornDownGroup:
+        nodes, group_id, pids = ["n0", "n1"], "g", [1, 2]
+
+        def fit(self, cfg, cache_dir, out_dir, report):
+            assert report({"epoch": 1, "val_dice": 0.4}) is True  # told to stop
+            raise ray.exceptions.RayActorError()  # the peer, killed with the placement group
+
+    monkeypatch.setattr(T.tune, "report", stopped_by_scheduler)
+    monkeypatch.setattr(T.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(T.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    monkeypatch.setattr(T, "_GROUP", TornDownGroup())
+    with pytest.raises(SystemExit) as exit_:
+        T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": "unused", "base_config": {},
+                         "workers_per_trial": 2, "cpus": 1, "gpus": 0})
+    assert exit_.value.code == 0
+    info = _read(out / "trial.json")
+    assert info["status"] == "stopped" and info["epochs"] == 1 and info["train_time_s"] == 1.5
+    assert T._GROUP is None  # a torn-down group is never handed to another trial
+
+
 def test_cache_file_failing_its_checksum_is_one_line(cache_copy, tmp_path, capsys):
     manifest = _read(cache_copy / "manifest.json")
     case = next(c for c in manifest["cases"] if c["split"] == "train")

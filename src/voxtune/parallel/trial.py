@@ -77,10 +77,16 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         info.update(status="error", reason=str(exc))
     except BaseException as exc:
         _GROUP = None
-        info.update(status="error", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-        info["end_ts"] = time.time()
-        write_json(out / "trial.json", info)
-        raise
+        if not stopped_by_tune:
+            info.update(status="error", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            info["end_ts"] = time.time()
+            write_json(out / "trial.json", info)
+            raise
+        # Tune stopped this trial and, with no trial to hand the actor to, is tearing it down: a DDP
+        # peer killed with the placement group fails the last collective or ray.get. The trial
+        # ended as the scheduler decided, not in error.
+        records = read_json(out / "metrics.json", [])
+        info.update(status="stopped", epochs=len(records), train_time_s=sum(r["epoch_time_s"] for r in records))
     info["end_ts"] = time.time()
     write_json(out / "trial.json", info)
     if stopped_by_tune:
