@@ -18,15 +18,15 @@ DEMO_SPACE = {"lr": {"grid": [1e-3, 5e-3]}, "norm": {"grid": ["bn", "gn"]}}
 def run_demo(out: str | Path, epochs: int = 8, cases: int = 12, size: int = 48) -> int:
     from voxtune.data.prepare import prepare
     from voxtune.data.synthetic import make_dataset
+    from voxtune.machine import usable_cpus
     from voxtune.parallel.outputs import format_leaderboard
     from voxtune.parallel.tune import SearchSettings, run_search
     from voxtune.report import write_report
-    from voxtune.train.loop import default_threads
     from voxtune.viz import visualize
 
     out = Path(out).resolve()
     msd, cache, run = out / "Task01_BrainTumour", out / "cache", out / "search"
-    cpus = default_threads()
+    cpus = usable_cpus()
 
     print(f"[1/4] synthetic MSD Task01 dataset: {cases} cases at {size}^3 -> {msd}")
     if not (msd / "dataset.json").exists():

@@ -90,8 +90,9 @@ def machine_info() -> dict[str, Any]:
     import ray
     import torch
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpus": cpus, "gpus": torch.cuda.device_count(), "torch": torch.__version__, "ray": ray.__version__,
+    from voxtune.machine import usable_cpus
+
+    return {"cpus": usable_cpus(), "gpus": torch.cuda.device_count(), "torch": torch.__version__, "ray": ray.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

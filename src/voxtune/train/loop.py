@@ -15,7 +15,6 @@ Re-running into an `out_dir` that holds `last.pt` resumes after its epoch.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,9 @@ from voxtune.config import TrainConfig, make_config, read_yaml, write_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.data.loader import CaseDataset
 from voxtune.errors import VoxtuneError
-from voxtune.models import build_model
 from voxtune.files import write_json
+from voxtune.machine import usable_cpus
+from voxtune.models import build_model
 from voxtune.train.checkpoint import load_checkpoint, save_checkpoint
 from voxtune.train.metrics import dice_per_region, infer
 
@@ -58,11 +58,6 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def default_threads() -> int:
-    """CPUs this process may use (affinity-aware): the torch thread count that never oversubscribes."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _check_same_run(cfg: TrainConfig, out_dir: Path) -> None:
     """Refuse to resume a run whose saved config differs (other than a longer `epochs`)."""
     saved_path = out_dir / "config.yaml"
@@ -85,7 +80,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     """
     rank, world = _world()
     out_dir = Path(out_dir)
-    torch.set_num_threads(max(1, threads or default_threads()))
+    torch.set_num_threads(max(1, threads or usable_cpus()))
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
