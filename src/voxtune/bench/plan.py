@@ -206,14 +206,16 @@ def _read_bench(path: str | Path, flag: str) -> dict[str, Any]:
     return bench
 
 
-def load_calibration(path: str | Path | None) -> Model:
-    if path is None:
-        return DEFAULTS
-    bench = _read_bench(path, "--calibration")
+def _calibrated(bench: dict[str, Any], path: str | Path) -> Model:
+    """calibrate(bench), its errors naming the --calibration file."""
     try:
         return replace(calibrate(bench), source=f"calibrated from {path}")
     except VoxtuneError as exc:
         raise VoxtuneError(f"--calibration {path}: {exc}") from None
+
+
+def load_calibration(path: str | Path | None) -> Model:
+    return DEFAULTS if path is None else _calibrated(_read_bench(path, "--calibration"), path)
 
 
 def plan(m: Model, workers: int, trials: int, gpus_per_node: int | None = None) -> dict[str, Any]:
@@ -298,10 +300,7 @@ def check(calibration: str | Path, other: str | Path) -> dict[str, Any]:
         raise VoxtuneError(f"--check {other}: its {', '.join(differ)} differ from --calibration {calibration}'s, "
                            "so the calibrated step time does not apply; bench the same cache, model and "
                            "machine for both")
-    try:
-        model = replace(calibrate(cal), source=f"calibrated from {calibration}")
-    except VoxtuneError as exc:
-        raise VoxtuneError(f"--calibration {calibration}: {exc}") from None
+    model = _calibrated(cal, calibration)
     try:
         rows = predict_runs(model, runs)
     except VoxtuneError as exc:

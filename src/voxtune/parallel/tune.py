@@ -261,9 +261,9 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
             "status": outputs.status_counts(rows), "interrupted": interrupted,
             "ray_init_s": ray_init_s,
-            # start-up: Ray, then worker processes importing torch, until the first trial starts;
-            # wall time: the search's start (Ray up) to its last trial's end, so worker and DDP
-            # group start-up count against every mode alike.
+            # start-up: ray.init, then Ray up until the first trial's function starts (its imports
+            # and DDP group start come after, inside the trial); wall time: Ray up to the last
+            # trial's end, so worker and DDP group start-up count against every mode alike.
             "startup_s": ray_init_s + (min(this_run) - t_search if this_run else 0.0),
             "wall_time_s": (max(ends) - t_search) if ends else None,
             "command_time_s": time.perf_counter() - t_command,
