@@ -227,6 +227,74 @@ def test_peer_dying_as_tune_tears_down_a_stopped_trial_is_not_an_error(tmp_path,
     assert T._GROUP is None  # a torn-down group is never handed to another trial
 
 
+def test_a_stop_is_on_disk_before_the_ranks_are_told_to_leave(tmp_path, monkeypatch):
+    """With no next trial, Tune may kill the stopped trial's actor while its ranks are still leaving:
+    trial.json must already say "stopped" when report() returns."""
+    from types import SimpleNamespace
+
+    from voxtune.parallel import trial as T
+
+    out = tmp_path / "run" / "trials" / "t1"
+
+    seen: list[dict] = []
+
+    class KilledGroup:
+        nodes, group_id, pids = ["n0"], "g", [1]
+
+        def fit(self, cfg, cache_dir, out_dir, report):
+            assert report({"epoch": 1, "val_dice": 0.5}) is False
+            assert report({"epoch": 2, "val_dice": 0.6}) is True
+            seen.append(_read(out / "trial.json"))
+            raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
+
+    monkeypatch.setattr(T.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(T.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    monkeypatch.setattr(T, "_GROUP", KilledGroup())
+    calls = iter([None, SystemExit(0)])  # Tune lets epoch 1 through and stops the trial at epoch 2
+
+    def report(record):
+        exc = next(calls)
+        if exc:
+            raise exc
+
+    monkeypatch.setattr(T.tune, "report", report)
+    with pytest.raises(SystemExit):
+        T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": "unused", "base_config": {},
+                         "workers_per_trial": 1, "cpus": 1, "gpus": 0})
+    assert seen[0]["status"] == "stopped" and seen[0]["epochs"] == 2 and seen[0]["end_ts"] > 0
+
+
+def test_driver_settles_trials_tune_ended_without_their_last_write(tmp_path):
+    """After a search that ran to its end, no trial is left 'running' (which would read as an interrupted
+    search, exit 130): Tune's verdict, stopped or finished, is written; errors and missing trials too."""
+    from voxtune.parallel.tune import SearchSettings, _settle_trials
+
+    run = tmp_path / "run"
+
+    def trial(tid, status, epochs):
+        d = run / "trials" / tid
+        d.mkdir(parents=True)
+        (d / "trial.json").write_text(json.dumps({"trial_id": tid, "status": status, "config": {"lr": 0.1}}))
+        (d / "metrics.json").write_text(json.dumps([{"epoch": e, "val_dice": 0.5, "epoch_time_s": 1.0}
+                                                    for e in range(1, epochs + 1)]))
+
+    trial("asha_stopped", "running", 2)
+    trial("killed_after_last_epoch", "running", 4)
+    trial("failed", "running", 1)
+    trial("done", "finished", 4)
+    settings = SearchSettings(cache_dir="unused", space={"lr": {"grid": [0.1]}}, base_config={"epochs": 4})
+    ended = [(t, {"lr": 0.1}) for t in ("asha_stopped", "killed_after_last_epoch", "failed", "done", "never_ran")]
+    _settle_trials(run, settings, ended, {"failed": "RayActorError: died", "never_ran": "PlacementGroupError"})
+    got = {t: _read(run / "trials" / t / "trial.json") for t, _ in ended}
+    assert got["asha_stopped"]["status"] == "stopped" and got["asha_stopped"]["epochs"] == 2
+    assert got["asha_stopped"]["train_time_s"] == 2.0 and got["asha_stopped"]["end_ts"] > 0
+    assert got["killed_after_last_epoch"]["status"] == "finished"
+    assert got["failed"]["status"] == "running"  # the driver's error list overrides it in the leaderboard
+    assert got["done"]["status"] == "finished"
+    assert got["never_ran"] == {"trial_id": "never_ran", "status": "error", "config": {"lr": 0.1},
+                                "reason": "PlacementGroupError"}
+
+
 def test_cache_file_failing_its_checksum_is_one_line(cache_copy, tmp_path, capsys):
     manifest = _read(cache_copy / "manifest.json")
     case = next(c for c in manifest["cases"] if c["split"] == "train")

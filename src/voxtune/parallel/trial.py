@@ -54,6 +54,9 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
             tune.report(record)
         except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
             stopped_by_tune = True
+            # Said at once: with no next trial, Tune may kill this actor before the ranks have left.
+            write_json(out / "trial.json", {**info, "status": "stopped", "epochs": reported[-1],
+                                            "end_ts": time.time()})
             return True
         return False
 

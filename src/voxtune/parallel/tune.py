@@ -18,7 +18,7 @@ from typing import Any
 from voxtune.config import make_config
 from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
-from voxtune.files import write_json
+from voxtune.files import read_json, write_json
 from voxtune.parallel import outputs
 from voxtune.parallel.space import count_trials, load_space, to_tune, validate_space
 
@@ -236,12 +236,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             results = tuner.fit()
             errors = {Path(r.path).name: f"{type(r.error).__name__}: {r.error}".splitlines()[0][:300]
                       for r in results if r.error is not None}
-            for r in results:  # a trial that failed before it ever ran still gets its leaderboard row
-                trial_json = run_dir / "trials" / Path(r.path).name / "trial.json"
-                if not trial_json.exists():
-                    write_json(trial_json, {"trial_id": trial_json.parent.name, "status": "error",
-                                            "config": {k: r.config.get(k) for k in searched},
-                                            "reason": errors.get(trial_json.parent.name, "never started")})
+            _settle_trials(run_dir, settings, [(Path(r.path).name, r.config) for r in results], errors)
         except KeyboardInterrupt:
             interrupted, errors = True, {}
         rows = outputs.trial_rows(run_dir, searched, errors)
@@ -276,6 +271,33 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         return summary
     finally:
         ray.shutdown()
+
+
+def _settle_trials(run_dir: Path, settings: SearchSettings, ended: list[tuple[str, dict[str, Any]]],
+                   errors: dict[str, str]) -> None:
+    """After a search that ran to its end, make each trial's trial.json agree with how Tune ended it.
+
+    `ended`: (trial_id, config) of every trial in Tune's results. A trial that failed before it ever
+    ran gets its row. A trial still marked running was stopped by the scheduler and then lost its
+    actor, which Tune kills once no trial is left to reuse it, before the trial's own last write
+    (a race the full suite caught): Tune's verdict stands, so it is marked finished or stopped.
+    """
+    for trial_id, config in ended:
+        trial_json = run_dir / "trials" / trial_id / "trial.json"
+        info = read_json(trial_json, {})
+        if not info:
+            write_json(trial_json, {"trial_id": trial_id, "status": "error",
+                                    "config": {k: config.get(k) for k in settings.space},
+                                    "reason": errors.get(trial_id, "never started")})
+        elif info.get("status") == "running" and trial_id not in errors:
+            metrics = trial_json.parent / "metrics.json"
+            records = read_json(metrics, [])
+            epochs = make_config(config, base=make_config(settings.base_config)).epochs
+            done = bool(records) and records[-1]["epoch"] >= epochs
+            info.update(status="finished" if done else "stopped", epochs=len(records),
+                        train_time_s=sum(r["epoch_time_s"] for r in records),
+                        end_ts=metrics.stat().st_mtime if records else time.time())
+            write_json(trial_json, info)
 
 
 def _evaluate(checkpoint: str, cache_dir: str, split: str, threads: int) -> dict[str, Any]:
