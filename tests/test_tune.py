@@ -189,6 +189,24 @@ def test_unreachable_address_fails_fast_in_one_line(cache_dir, tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+def test_local_ray_that_does_not_start_is_one_line(cache_dir, tmp_path, capsys, monkeypatch):
+    """Ray gives its raylet a fixed 30 s to register (seen on a 2-core box under extra load): one line
+    that says what to do, exit 2, and no half-made RUN."""
+    import ray
+
+    def overloaded(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "init", overloaded)
+    rc = main(["tune", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), "--mode", "experiment"])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "could not start a local Ray instance (The current node timed out during startup" in line
+    assert "load average" in line and "ray start --head" in line
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_optuna_search_with_asha_scheduler(cache_dir, tmp_path):
     """Optuna samples from a continuous space; ASHA may stop trials early (status 'stopped')."""

@@ -120,6 +120,16 @@ def _init_ray(address: str | None, settings: SearchSettings) -> float:
     except ConnectionError as exc:
         raise VoxtuneError(f"--address {address}: cannot join the Ray cluster ({exc}); is `ray start --head` "
                            "running there, and is RAY_AUTH_TOKEN_PATH set to its token?") from None
+    except Exception as exc:
+        if address:
+            raise
+        # Ray gives its own raylet a fixed 30 s to register; an overloaded machine can miss that.
+        # Nothing of the search exists yet (RUN is made after Ray is up), so a plain retry loses nothing.
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        raise VoxtuneError(f"could not start a local Ray instance ({str(exc).splitlines()[0][:200]}); the "
+                           f"1-minute load average is {load:.1f} on {os.cpu_count()} CPUs: run the command again "
+                           "when the machine is quieter, or start Ray yourself (`ray start --head`) and pass "
+                           "--address HOST:PORT") from None
     have = ray.cluster_resources()
     need_cpu = settings.workers * settings.cpus_per_worker
     need_gpu = settings.workers * settings.gpus_per_worker
