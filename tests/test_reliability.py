@@ -242,8 +242,11 @@ def test_a_stop_is_on_disk_before_the_ranks_are_told_to_leave(tmp_path, monkeypa
         nodes, group_id, pids = ["n0"], "g", [1]
 
         def fit(self, cfg, cache_dir, out_dir, report):
-            assert report({"epoch": 1, "val_dice": 0.5}) is False
-            assert report({"epoch": 2, "val_dice": 0.6}) is True
+            records = []
+            for epoch, stop in ((1, False), (2, True)):  # as fit does: metrics.json first, then report
+                records.append({"epoch": epoch, "val_dice": 0.5, "epoch_time_s": 1.0})
+                (out / "metrics.json").write_text(json.dumps(records))
+                assert report(records[-1]) is stop
             seen.append(_read(out / "trial.json"))
             raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
 

@@ -13,6 +13,11 @@ from typing import Any
 from voxtune.files import atomic_write, read_json
 
 
+def trained(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a trial's metrics.json records say it trained: {"epochs", "train_time_s"}."""
+    return {"epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records)}
+
+
 def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per trial folder, best validation epoch's metrics, sorted by val_dice (best first)."""
     rows = []
@@ -22,14 +27,15 @@ def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None
             continue
         records = read_json(trial_dir / "metrics.json", [])
         best = max(records, key=lambda r: r["val_dice"], default={})
+        done = trained(records)
         status, reason = info.get("status", "unknown"), info.get("reason", "")
         if errors and info["trial_id"] in errors:
             status, reason = "error", errors[info["trial_id"]]
         row = {"trial_id": info["trial_id"], **{k: info["config"].get(k) for k in searched},
-               "status": status, "epochs": len(records), "best_epoch": best.get("epoch", ""),
+               "status": status, "epochs": done["epochs"], "best_epoch": best.get("epoch", ""),
                "val_dice": best.get("val_dice", "")}
         row.update({k: v for k, v in best.items() if k.startswith("val_dice_")})
-        row.update({"train_time_s": round(sum(r["epoch_time_s"] for r in records), 3),
+        row.update({"train_time_s": round(done["train_time_s"], 3),
                     "node": info.get("node", ""), "node_ip": info.get("node_ip", ""),
                     "workers": info.get("workers", ""), "setup_s": round(info.get("setup_s", 0.0), 3),
                     "start_ts": info.get("start_ts", ""), "attempt_start_ts": info.get("attempt_start_ts", ""),

@@ -16,6 +16,7 @@ from ray import tune
 from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
+from voxtune.parallel import outputs
 from voxtune.parallel.ddp import WorkerGroup
 
 # Kept across trials of a reused Tune actor: the DDP group's start-up is paid once. (ddp imports
@@ -47,6 +48,9 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     reported: list[int] = []  # epochs reported in this attempt
     stopped_by_tune = False
 
+    def stopped() -> dict[str, Any]:
+        return {"status": "stopped", **outputs.trained(read_json(out / "metrics.json", []))}
+
     def report(record: dict[str, Any]) -> bool:
         nonlocal stopped_by_tune
         reported.append(record["epoch"])
@@ -55,8 +59,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
             stopped_by_tune = True
             # Said at once: with no next trial, Tune may kill this actor before the ranks have left.
-            write_json(out / "trial.json", {**info, "status": "stopped", "epochs": reported[-1],
-                                            "end_ts": time.time()})
+            write_json(out / "trial.json", {**info, **stopped(), "end_ts": time.time()})
             return True
         return False
 
@@ -88,8 +91,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         # Tune stopped this trial and, with no trial to hand the actor to, is tearing it down: a DDP
         # peer killed with the placement group fails the last collective or ray.get. The trial
         # ended as the scheduler decided, not in error.
-        records = read_json(out / "metrics.json", [])
-        info.update(status="stopped", epochs=len(records), train_time_s=sum(r["epoch_time_s"] for r in records))
+        info.update(stopped())
     info["end_ts"] = time.time()
     write_json(out / "trial.json", info)
     if stopped_by_tune:

@@ -304,8 +304,7 @@ def _settle_trials(run_dir: Path, settings: SearchSettings, ended: list[tuple[st
             records = read_json(metrics, [])
             epochs = make_config(config, base=make_config(settings.base_config)).epochs
             done = bool(records) and records[-1]["epoch"] >= epochs
-            info.update(status="finished" if done else "stopped", epochs=len(records),
-                        train_time_s=sum(r["epoch_time_s"] for r in records),
+            info.update(status="finished" if done else "stopped", **outputs.trained(records),
                         end_ts=metrics.stat().st_mtime if records else time.time())
             write_json(trial_json, info)
 
