@@ -1,8 +1,9 @@
 """Baseline for `voxtune train`: the same 3D U-Net shape trained by a plain PyTorch loop.
 
 No voxtune code in the training path: arrays come straight from the cache's .npy files, the net is
-written out here, the loss is a hand-written soft Dice. Prints seconds and best val Dice, so
-`voxtune train` can be compared to it in the same run (see benchmarks/train_overhead.sh).
+written out here, the loss is a hand-written soft Dice. Prints seconds, best val Dice and the
+per-epoch val Dice curve, so `voxtune train` can be compared to it in the same run (see
+benchmarks/train_overhead.sh and benchmarks/quality.sh).
 
     python benchmarks/plain_unet.py CACHE [--epochs 25] [--lr 1e-3] [--batch 2]
 """
@@ -72,7 +73,7 @@ def main():
     xv, yv = arrays("val")
     net = PlainUNet(xt.shape[1], yt.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    best, t0 = 0.0, time.perf_counter()
+    best, curve, t0 = 0.0, [], time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         net.train()
         for idx in torch.randperm(len(xt)).split(args.batch):
@@ -86,8 +87,10 @@ def main():
             inter = (pred * yv).sum((2, 3, 4))
             dice = ((2 * inter) / (pred.sum((2, 3, 4)) + yv.sum((2, 3, 4))).clamp_min(1e-8)).mean().item()
         best = max(best, dice)
+        curve.append(round(dice, 4))
     seconds = time.perf_counter() - t0
-    print(json.dumps({"epochs": args.epochs, "seconds": round(seconds, 2), "best_val_dice": round(best, 4)}))
+    print(json.dumps({"epochs": args.epochs, "seconds": round(seconds, 2), "best_val_dice": round(best, 4),
+                      "val_dice": curve}))
 
 
 if __name__ == "__main__":
