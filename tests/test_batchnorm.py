@@ -34,7 +34,8 @@ def test_saved_checkpoint_scores_as_with_statistics_recomputed_from_the_training
         as_saved = _dice(model.eval(), cache_dir)
         if name == "best.pt":  # the test evaluation after a search scores the same statistics
             assert evaluate(run / "checkpoints" / name, cache_dir, "val")["val_dice"] == pytest.approx(as_saved)
-        update_bn(torch.utils.data.DataLoader(train, batch_size=2), model)  # torch's own, all training cases
+        batches = (image.float() for image, _ in torch.utils.data.DataLoader(train, batch_size=2))
+        update_bn(batches, model)  # torch's own, over every training case
         recomputed = _dice(model.eval(), cache_dir)
         assert abs(as_saved - recomputed) <= 0.02, (name, as_saved, recomputed)
 
@@ -58,7 +59,7 @@ def _dice(model, cache_dir) -> float:
     ids = case_ids(read_manifest(cache_dir), "val")
     data = CaseDataset(cache_dir, ids, divisor=8)
     with torch.no_grad():
-        return sum(dice_per_region(model(x[None]), y[None]).mean().item() for x, y in data) / len(ids)
+        return sum(dice_per_region(model(x[None].float()), y[None]).mean().item() for x, y in data) / len(ids)
 
 
 def test_metrics_record_the_statistics_pass(cache_dir, tmp_path):

@@ -10,12 +10,13 @@ from voxtune.data.prepare import assign_splits, prepare, preprocess
 from voxtune.data.synthetic import make_dataset
 from voxtune.errors import VoxtuneError
 
-CASE_KEYS = {"id", "split", "image_shape", "label_shape", "source_shape", "files", "sha256"}
+CASE_KEYS = {"id", "split", "image_shape", "label_shape", "source_shape", "bbox", "files", "bytes", "sha256", "probe"}
 
 
 def test_manifest(cache_dir, msd_dir):
     m = read_manifest(cache_dir)
-    assert m["version"] == 1 and m["labels"] == "binary" and m["regions"] == ["whole_tumour"]
+    assert m["version"] == 2 and m["labels"] == "binary" and m["regions"] == ["whole_tumour"]
+    assert m["image_dtype"] == "float16"
     assert m["modalities"] == ["FLAIR", "T1w", "t1gd", "T2w"]
     assert m["shape"] is None and m["crop_z"] == [2, 1] and m["seed"] == 0
     assert m["split_fractions"] == [0.7, 0.15, 0.15] and m["source"] == str(msd_dir.resolve())
@@ -24,7 +25,11 @@ def test_manifest(cache_dir, msd_dir):
         assert set(case) == CASE_KEYS
         assert case["image_shape"] == [4, 24, 24, 21] and case["label_shape"] == [1, 24, 24, 21]
         assert case["source_shape"] == [24, 24, 24]
-        assert (cache_dir / case["files"]["image"]).is_file() and len(case["sha256"]["label"]) == 64
+        assert set(case["files"]) == {"image", "label", "foreground"}
+        for kind, rel in case["files"].items():
+            assert (cache_dir / rel).stat().st_size == case["bytes"][kind]
+            assert len(case["sha256"][kind]) == 64 and len(case["probe"][kind]) == 64
+        assert all(0 <= b0 < b1 <= n for (b0, b1), n in zip(case["bbox"], case["image_shape"][1:]))
     assert sorted(c["split"] for c in m["cases"]).count("train") == 6
 
 
@@ -65,6 +70,30 @@ def test_binary_vs_regions(cache_dir, regions_cache_dir, msd_dir):
     assert np.array_equal(binary[0], raw > 0) and np.array_equal(regions[0], raw > 0)
     assert np.array_equal(regions[1], np.isin(raw, [2, 3])) and np.array_equal(regions[2], raw == 3)
     assert read_manifest(regions_cache_dir)["regions"] == ["whole_tumour", "tumour_core", "enhancing_tumour"]
+
+
+def test_float32_storage_and_foreground_sample(msd_dir, tmp_path):
+    result = prepare(msd_dir, tmp_path / "c32", image_dtype="float32")
+    assert result.ok and read_manifest(tmp_path / "c32")["image_dtype"] == "float32"
+    image32, label = load_case(tmp_path / "c32", "BRATS_001")
+    entry = read_manifest(tmp_path / "c32")["cases"][0]
+    assert np.load(tmp_path / "c32" / entry["files"]["image"]).dtype == np.float32
+    # the stored tumour coordinates are tumour voxels of the frame, all of them at this size
+    fg = np.load(tmp_path / "c32" / entry["files"]["foreground"])
+    assert fg.dtype == np.int32 and len(fg) == label[0].sum() and label[0][tuple(fg.T)].all()
+    with pytest.raises(VoxtuneError, match="--dtype 'float64'"):
+        prepare(msd_dir, tmp_path / "c64", image_dtype="float64")
+
+
+def test_an_empty_case_stores_one_voxel(tmp_path):
+    from voxtune.data.prepare import nonzero_box
+
+    assert nonzero_box(np.zeros((2, 4, 4, 4)), np.zeros((1, 4, 4, 4), np.uint8)) == [[0, 1]] * 3
+    image = np.zeros((2, 6, 6, 6))
+    image[1, 2, 3, 4] = 1.0
+    label = np.zeros((1, 6, 6, 6), np.uint8)
+    label[0, 1, 3, 3] = 1
+    assert nonzero_box(image, label) == [[1, 3], [3, 4], [3, 5]]
 
 
 def test_preprocess_direct():
@@ -125,7 +154,8 @@ def test_interrupted_write_not_finished(cache_copy, msd_dir):
 
 
 def test_different_settings_refused(cache_copy, msd_dir):
-    for kwargs in ({"labels": "regions"}, {"shape": (16, 16, 16)}, {"seed": 1}, {"split": (0.6, 0.2, 0.2)}):
+    for kwargs in ({"labels": "regions"}, {"shape": (16, 16, 16)}, {"seed": 1}, {"split": (0.6, 0.2, 0.2)},
+                   {"image_dtype": "float32"}):
         with pytest.raises(VoxtuneError, match="Choose another --out"):
             prepare(msd_dir, cache_copy, **kwargs)
 

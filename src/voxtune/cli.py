@@ -33,9 +33,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     result = prepare(args.source, args.out, shape=_shape(args.shape), labels=args.labels,
                      split=tuple(args.split), seed=args.seed, workers=args.workers,
-                     max_voxels=args.max_voxels)
+                     max_voxels=args.max_voxels, image_dtype=args.dtype)
     print(result.summary())
     return 0 if result.ok else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from voxtune.data.cache import verify_cache
+
+    checked, failed = verify_cache(args.cache)
+    print(f"verified {checked} cases of {args.cache}: {checked - len(failed)} match their checksums, "
+          f"{len(failed)} do not" + ("; re-run `voxtune prepare` to rewrite them" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
@@ -175,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cases prepared in parallel")
     p.add_argument("--max-voxels", type=int, default=64_000_000,
                    help="refuse volumes with more voxels per channel than this")
+    p.add_argument("--dtype", default="float16", help="image storage: float16 (default, half the bytes) or float32")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("verify", help="check every file of a prepared cache against its sha256")
+    p.add_argument("--cache", required=True)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("visualize", help="picture of a cached case: PNG (modalities + label) or GIF sweep")
     p.add_argument("--cache", required=True)

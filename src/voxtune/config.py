@@ -36,7 +36,7 @@ class TrainConfig:
     loss: str = "dice"
     seed: int = 0
     amp: bool = True  # only takes effect on CUDA
-    num_workers: int = 0  # data-loading processes per training worker
+    num_workers: int | None = None  # data-loading processes per training worker; null: from its CPUs
     scale_lr: bool = False  # multiply lr by the DDP world size, as the paper did
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,13 +54,17 @@ def _check(key: str, ok: bool, what: str) -> None:
 def _coerce(key: str, value: Any) -> Any:
     """Coerce a YAML/CLI value to the field's type, or raise naming the key."""
     default = getattr(TrainConfig, key, None)
+    if key == "num_workers":
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "auto", "")):
+            return None
+        default = 0  # otherwise an integer
     if key == "patch_size":
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
             return None
         if isinstance(value, str):
             value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
-        if isinstance(value, int):
-            value = [value] * 3
+        if isinstance(value, int) or (isinstance(value, list) and len(value) == 1):  # 64 means 64^3
+            value = (value if isinstance(value, list) else [value]) * 3
         _check(key, isinstance(value, (list, tuple)) and len(value) == 3
                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in value),
                f"expected three integers >= 8 or null, got {value!r}")
@@ -102,7 +106,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check("beta2", 0 < cfg.beta2 < 1, f"{cfg.beta2} must be in (0, 1)")
     _check("batch_size", 1 <= cfg.batch_size <= 1024, f"{cfg.batch_size} is outside 1..1024")
     _check("epochs", 1 <= cfg.epochs <= 100000, f"{cfg.epochs} is outside 1..100000")
-    _check("num_workers", 0 <= cfg.num_workers <= 64, f"{cfg.num_workers} is outside 0..64")
+    _check("num_workers", cfg.num_workers is None or 0 <= cfg.num_workers <= 64,
+           f"{cfg.num_workers} is outside 0..64 (or null: derived from the CPUs)")
     _check("seed", cfg.seed >= 0, f"{cfg.seed} must be >= 0")
     if cfg.patch_size is not None:
         step = 2 ** cfg.depth

@@ -133,7 +133,7 @@ def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) 
     import torch
     import torch.nn.functional as F
 
-    from voxtune.data.loader import pad_to
+    from voxtune.data.loader import pad_to_divisor
     from voxtune.data.prepare import CROP_Z, preprocess
     from voxtune.train.metrics import infer
 
@@ -144,10 +144,10 @@ def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) 
     dummy = np.zeros(image.shape[:3], dtype=np.uint8)  # preprocess wants a label; only the image is used
     x, _ = preprocess(image, dummy, shape=prep.get("shape"), labels=prep.get("labels", "binary"))
     prepared = x.shape[1:]
-    # Pad exactly as validation did (CaseDataset pads whole volumes to the divisor at the end).
-    target = [-(-n // model.divisor) * model.divisor for n in prepared]
+    # The values training saw: the cache stores images in this dtype (float16 by default).
+    x = x.astype(prep.get("image_dtype") or "float32").astype(np.float32)
     device = next(model.parameters()).device
-    batch = torch.from_numpy(pad_to(x, target))[None].to(device)
+    batch = torch.from_numpy(pad_to_divisor(x, model.divisor))[None].to(device)  # as validation pads
     with torch.no_grad():
         logits = infer(model, batch, state["config"].get("patch_size"), overlap=overlap)
     probs = torch.sigmoid(logits.float())[..., :prepared[0], :prepared[1], :prepared[2]]

@@ -244,8 +244,8 @@ def _predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
     import torch
     from matplotlib.lines import Line2D
 
-    from voxtune.data.cache import case_ids, load_case, read_manifest
-    from voxtune.data.loader import pad_to
+    from voxtune.data.cache import case_entry, case_ids, read_manifest
+    from voxtune.data.loader import CaseDataset
     from voxtune.train.evaluate import load_model
     from voxtune.train.metrics import dice_per_region, infer
     from voxtune.viz import COLOURS, NAMES, _grey, _window
@@ -257,14 +257,16 @@ def _predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
         return _note(f"The cache {cache_dir} has no validation or test cases to show.")
     model, state = load_model(checkpoint)
     regions = list(state["regions"])
+    cases = CaseDataset(cache_dir, ids, divisor=model.divisor)  # padded as validation pads them
     fig, axes = plt.subplots(1, len(ids), figsize=(3.4 * len(ids), 3.9), squeeze=False)
-    for ax, cid in zip(axes[0], ids):
-        image, label = load_case(cache_dir, cid, manifest=manifest)
-        shape = image.shape[1:]
-        target = [-(-n // model.divisor) * model.divisor for n in shape]
+    for i, (ax, cid) in enumerate(zip(axes[0], ids)):
+        padded_image, padded_label = cases[i]
+        shape = case_entry(manifest, cid)["image_shape"][1:]
+        crop = (slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
         with torch.no_grad():
-            logits = infer(model, torch.from_numpy(pad_to(image, target))[None], state["config"].get("patch_size"))
-        logits = logits[..., :shape[0], :shape[1], :shape[2]]
+            logits = infer(model, padded_image[None].float(), state["config"].get("patch_size"))
+        logits = logits[(slice(None), *crop)]
+        image, label = padded_image[crop].float().numpy(), padded_label[crop].numpy()
         dice = dice_per_region(logits, torch.from_numpy(label[None]))[0].tolist()
         pred = (torch.sigmoid(logits[0]) > 0.5).numpy()
         # The slice with the most tumour in truth (or in the prediction when the truth has none).

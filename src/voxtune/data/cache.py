@@ -1,31 +1,47 @@
-"""The prepared cache: `CACHE/manifest.json` plus one `.npy` pair per case.
+"""The prepared cache: `CACHE/manifest.json` plus three `.npy` files per case.
 
 Layout (paths in the manifest are relative to the cache folder):
 
     CACHE/manifest.json
-    CACHE/cases/BRATS_001.image.npy   float32 [C, X, Y, Z], z-scored per channel, background 0
-    CACHE/cases/BRATS_001.label.npy   uint8   [R, X, Y, Z], R = 1 (whole tumour) or 3 (WT, TC, ET)
-    CACHE/cases/BRATS_001.json        per-case sidecar (the case's manifest entry), written last
+    CACHE/cases/BRATS_001.image.npy       float16 (or float32) [C, x, y, z], z-scored, background 0
+    CACHE/cases/BRATS_001.label.npy       uint8 [R, x, y, z], R = 1 (whole tumour) or 3 (WT, TC, ET)
+    CACHE/cases/BRATS_001.foreground.npy  int32 [N, 3]: up to 10k tumour voxels, frame coordinates
+    CACHE/cases/BRATS_001.json            per-case sidecar (the case's manifest entry), written last
 
-Plain `.npy` was chosen by measurement (benchmarks/cache_format.md): it loads an order of
-magnitude faster than decoding NIfTI and can be memory-mapped.
+A case's *frame* is its preprocessed volume [C, X, Y, Z] (`image_shape`); only the box `bbox`
+(per axis [start, stop)) around its non-zero voxels is stored, as nnU-Net crops to the brain:
+everything outside it is 0 in the image and the label, so `read_window` rebuilds any part of the
+frame exactly. With float16 a full-size BraTS case takes ~79 MB instead of 149 MB
+(benchmarks/cache_format.md).
+
+Reads go through memory maps opened per read and closed after it: a window costs the pages it
+touches, and every process on a node shares one copy of the data, the OS page cache.
+
+Integrity: prepare records each file's size, sha256 and a *probe* digest (size, first and last
+64 KiB and eight 4 KiB blocks between). Datasets check sizes and probes when they open a case
+list (milliseconds per case, whatever the case size); `voxtune verify` checks every sha256.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from voxtune.errors import VoxtuneError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
+KINDS = ("image", "label", "foreground")
+IMAGE_DTYPES = ("float16", "float32")
 REGIONS = {"binary": ["whole_tumour"],
            "regions": ["whole_tumour", "tumour_core", "enhancing_tumour"]}
 _REDO = "re-run `voxtune prepare`"
+_EDGE, _BLOCK, _INNER = 1 << 16, 1 << 12, 8  # probe: head and tail bytes, inner block size and count
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -35,6 +51,32 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def probe_digest(path: str | Path) -> str:
+    """Hex sha256 of a file's size, its first and last 64 KiB and eight evenly spaced 4 KiB blocks:
+    a swapped, truncated or overwritten file almost surely changes it, at ~200 KiB read per file."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= 2 * _EDGE + _INNER * _BLOCK:
+            digest.update(f.read())
+            return digest.hexdigest()
+        spots = [(0, _EDGE)] + [(_EDGE + i * (size - 2 * _EDGE - _BLOCK) // (_INNER - 1), _BLOCK)
+                                for i in range(_INNER)] + [(size - _EDGE, _EDGE)]
+        for offset, length in spots:
+            f.seek(offset)
+            digest.update(f.read(length))
+    return digest.hexdigest()
+
+
+def file_records(cache_dir: str | Path, files: dict[str, str]) -> dict[str, dict[str, object]]:
+    """The manifest's record of a case's files {kind: relative path}: {"bytes", "sha256", "probe"},
+    each a {kind: value} map."""
+    paths = {kind: Path(cache_dir) / rel for kind, rel in files.items()}
+    return {"bytes": {k: p.stat().st_size for k, p in paths.items()},
+            "sha256": {k: sha256_file(p) for k, p in paths.items()},
+            "probe": {k: probe_digest(p) for k, p in paths.items()}}
 
 
 def read_manifest(cache_dir: str | Path) -> dict:
@@ -78,39 +120,110 @@ def region_names(manifest: dict) -> list[str]:
     return list(manifest["regions"])
 
 
+def _file(cache_dir: str | Path, entry: dict, kind: str) -> Path:
+    path = Path(cache_dir) / entry["files"][kind]
+    if not path.is_file():
+        raise VoxtuneError(f"{path}: missing from the cache; {_REDO}")
+    return path
+
+
+def check_case(cache_dir: str | Path, entry: dict) -> None:
+    """Cheap integrity check of a case's files (size and probe digest); a mismatch -> VoxtuneError
+    naming the file. Reads ~200 KiB per file whatever its size; `verify_case` reads everything."""
+    for kind in KINDS:
+        path = _file(cache_dir, entry, kind)
+        if path.stat().st_size != entry["bytes"][kind] or probe_digest(path) != entry["probe"][kind]:
+            raise VoxtuneError(f"{path}: does not match the manifest (file changed, swapped or damaged); "
+                               f"{_REDO}, or `voxtune verify --cache {cache_dir}` to check every file")
+
+
 def verify_case(cache_dir: str | Path, entry: dict) -> None:
-    """Check both files of a case against the manifest sha256; mismatch -> VoxtuneError naming the file."""
-    for kind in ("image", "label"):
-        path = Path(cache_dir) / entry["files"][kind]
-        if not path.is_file():
-            raise VoxtuneError(f"{path}: missing from the cache; {_REDO}")
+    """Check every file of a case against its manifest sha256; mismatch -> VoxtuneError naming the file."""
+    for kind in KINDS:
+        path = _file(cache_dir, entry, kind)
         if sha256_file(path) != entry["sha256"][kind]:
             raise VoxtuneError(f"{path}: checksum does not match the manifest (file changed or "
                                f"damaged); {_REDO}")
 
 
-def load_case(cache_dir: str | Path, case_id: str, verify: bool = False, *,
-              manifest: dict | None = None, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Load a prepared case: image float32 [C, X, Y, Z], label uint8 [R, X, Y, Z].
+def verify_cache(cache_dir: str | Path) -> tuple[int, list[tuple[str, str]]]:
+    """Check every file of every case against its sha256, with a progress bar.
+    Returns (cases checked, [(case_id, reason)] of those that failed)."""
+    from tqdm import tqdm
 
-    verify=True checks the sha256 of both files first. `manifest` saves re-reading it per call;
-    `mmap` returns read-only memory-mapped arrays (pages load on first touch).
+    manifest = read_manifest(cache_dir)
+    failed = []
+    for entry in tqdm(manifest["cases"], desc="verify", unit="case", disable=None):
+        try:
+            verify_case(cache_dir, entry)
+        except VoxtuneError as exc:
+            failed.append((entry["id"], str(exc)))
+            tqdm.write(f"case {entry['id']}: {exc}", file=sys.stderr)
+    return len(manifest["cases"]), failed
+
+
+def _open(cache_dir: str | Path, entry: dict, kind: str, dtype: str) -> np.ndarray:
+    """Memory-map one stored array, checking its dtype and shape against the manifest."""
+    path = _file(cache_dir, entry, kind)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VoxtuneError(f"{path}: unreadable ({exc}); {_REDO}") from None
+    shape = stored_shape(entry, kind)
+    if array.dtype != np.dtype(dtype) or (shape is not None and list(array.shape) != shape):
+        raise VoxtuneError(f"{path}: {array.dtype} {list(array.shape)} but the manifest says "
+                           f"{np.dtype(dtype)} {shape}; {_REDO}")
+    return array
+
+
+def stored_shape(entry: dict, kind: str) -> list[int] | None:
+    """Shape of the stored array: the frame's channels by the bbox's size (None for foreground)."""
+    if kind == "foreground":
+        return None
+    return [entry[f"{kind}_shape"][0]] + [b1 - b0 for b0, b1 in entry["bbox"]]
+
+
+def read_window(cache_dir: str | Path, entry: dict, image_dtype: str, start, size,
+                flip=(False, False, False)) -> tuple[np.ndarray, np.ndarray]:
+    """A window of the case's frame: image [C, *size] in the stored dtype and label uint8 [R, *size].
+
+    `start` and `size` are per spatial axis in frame voxels; the window may reach past the frame
+    (zero there, which pads). `flip` mirrors each axis of the window. Only the stored voxels inside
+    the window are read, in one copy.
+    """
+    image_src = _open(cache_dir, entry, "image", image_dtype)
+    label_src = _open(cache_dir, entry, "label", "uint8")
+    image = np.zeros((image_src.shape[0], *size), image_src.dtype)
+    label = np.zeros((label_src.shape[0], *size), np.uint8)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n, (b0, b1), f in zip(start, size, entry["bbox"], flip):
+        lo, hi = max(s, b0), min(s + n, b1)
+        if lo >= hi:  # the window misses the stored box: background only
+            return image, label
+        src.append(slice(lo - b0, hi - b0))
+        a, b = lo - s, hi - s
+        dst.append(slice(n - b, n - a) if f else slice(a, b))
+    axes = tuple(1 + i for i, f in enumerate(flip) if f)
+    for out, array in ((image, image_src), (label, label_src)):
+        part = array[tuple(src)]
+        out[tuple(dst)] = np.flip(part, axes) if axes else part
+    return image, label
+
+
+def foreground(cache_dir: str | Path, entry: dict) -> np.ndarray:
+    """Up to 10k tumour voxel coordinates int32 [N, 3] in the case's frame (memory-mapped)."""
+    return _open(cache_dir, entry, "foreground", "int32")
+
+
+def load_case(cache_dir: str | Path, case_id: str, verify: bool = False, *,
+              manifest: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a prepared case's whole frame: image float32 [C, X, Y, Z], label uint8 [R, X, Y, Z].
+
+    verify=True checks the sha256 of its files first. `manifest` saves re-reading it per call.
     """
     manifest = manifest if manifest is not None else read_manifest(cache_dir)
     entry = case_entry(manifest, case_id)
     if verify:
         verify_case(cache_dir, entry)
-    arrays = []
-    for kind, dtype in (("image", np.float32), ("label", np.uint8)):
-        path = Path(cache_dir) / entry["files"][kind]
-        try:
-            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except FileNotFoundError:
-            raise VoxtuneError(f"{path}: missing from the cache; {_REDO}") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise VoxtuneError(f"{path}: unreadable ({exc}); {_REDO}") from None
-        if array.dtype != dtype or list(array.shape) != list(entry[f"{kind}_shape"]):
-            raise VoxtuneError(f"{path}: {array.dtype} {list(array.shape)} but the manifest says "
-                               f"{np.dtype(dtype)} {entry[f'{kind}_shape']}; {_REDO}")
-        arrays.append(array)
-    return arrays[0], arrays[1]
+    image, label = read_window(cache_dir, entry, manifest["image_dtype"], (0, 0, 0), entry["image_shape"][1:])
+    return image.astype(np.float32, copy=False), label

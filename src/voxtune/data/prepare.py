@@ -5,9 +5,12 @@ voxel order; Z cropped by `[..., 2:-1]` ALWAYS (155 -> 152 on BraTS; the paper's
 to any Z so every cache is made the same way); optional resize to `shape` (trilinear for the
 image, nearest for the label); each channel z-scored over its non-zero (brain) voxels with the
 background left exactly 0; labels as one whole-tumour channel ("binary") or WT/TC/ET ("regions").
+Stored cropped to the box around the non-zero voxels, the image as float16 by default, with a
+sample of tumour voxel coordinates for patch sampling (see voxtune.data.cache).
 
 Resumable and safe to interrupt: every file is written to a temp file in the same folder and
-renamed into place, and a case counts as done only when its sidecar's sha256 matches both files.
+renamed into place, and a case counts as done only when its sidecar exists (written last) and its
+files pass the size and probe check against it.
 """
 from __future__ import annotations
 
@@ -19,16 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtune.data.cache import CACHE_VERSION, MANIFEST, REGIONS, sha256_file
+from voxtune.data.cache import CACHE_VERSION, IMAGE_DTYPES, KINDS, MANIFEST, REGIONS, check_case, file_records
 from voxtune.data.msd import CaseEntry, CaseError, TaskInfo, load_case as load_nifti_case, read_task
 from voxtune.errors import VoxtuneError
 from voxtune.files import TMP_MARK, atomic_write, write_json
 
 CROP_Z = (2, 1)  # slices dropped at the start and the end of Z: [..., 2:-1]
 CASES_DIR = "cases"
+MAX_FOREGROUND = 10_000  # tumour voxel coordinates kept per case for patch centres
 # Settings that decide the cache's content: a re-run must match them or go elsewhere.
 _SETTINGS = ("version", "source", "labels", "regions", "modalities", "shape", "crop_z",
-             "split_fractions", "seed")
+             "split_fractions", "seed", "image_dtype")
 
 
 @dataclass
@@ -99,14 +103,41 @@ def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], se
     return {ids[i]: names[k] for k, i in enumerate(order)}
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> str:
-    """np.save through an atomic write; returns the file's sha256."""
-    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-    return sha256_file(path)
+def nonzero_box(image: np.ndarray, label: np.ndarray) -> list[list[int]]:
+    """[[start, stop]] per spatial axis of the voxels where any image channel or label is non-zero
+    (one voxel at the origin for an empty case, so every stored array has a size)."""
+    mask = (image != 0).any(axis=0) | label.any(axis=0)
+    if not mask.any():
+        return [[0, 1]] * 3
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def foreground_sample(label: np.ndarray) -> np.ndarray:
+    """Up to MAX_FOREGROUND tumour voxel coordinates int32 [N, 3] (a fixed subsample, in voxel order)."""
+    coords = np.argwhere(label.any(axis=0))
+    if len(coords) > MAX_FOREGROUND:
+        keep = np.random.default_rng(0).choice(len(coords), MAX_FOREGROUND, replace=False)
+        coords = coords[np.sort(keep)]
+    return coords.astype(np.int32)
+
+
+def _store(out: Path, cid: str, image: np.ndarray, label: np.ndarray, image_dtype: str) -> dict:
+    """Write a preprocessed case's arrays atomically; returns its manifest entry's storage fields."""
+    box = nonzero_box(image, label)
+    inner = (slice(None),) + tuple(slice(b0, b1) for b0, b1 in box)
+    arrays = {"image": image[inner].astype(image_dtype), "label": label[inner], "foreground": foreground_sample(label)}
+    files = {kind: f"{CASES_DIR}/{cid}.{kind}.npy" for kind in KINDS}
+    for kind in KINDS:
+        atomic_write(out / files[kind], lambda f, a=arrays[kind]: np.save(f, a, allow_pickle=False))
+    return {"bbox": box, "files": files, **file_records(out, files)}
 
 
 def _finished(out: Path, case_id: str, split: str) -> dict | None:
-    """The sidecar entry if the case's files exist and match its checksums, else None."""
+    """The sidecar entry if the case's files exist and pass the cheap check against it, else None."""
     import json
 
     sidecar = out / CASES_DIR / f"{case_id}.json"
@@ -114,16 +145,14 @@ def _finished(out: Path, case_id: str, split: str) -> dict | None:
         entry = json.loads(sidecar.read_text(encoding="utf-8"))
         if entry.get("split") != split:
             return None
-        for kind in ("image", "label"):
-            if sha256_file(out / entry["files"][kind]) != entry["sha256"][kind]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        check_case(out, entry)
+    except (VoxtuneError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return entry
 
 
 def _prepare_case(task: TaskInfo, entry: CaseEntry, out: Path, split: str, shape, labels: str,
-                  max_voxels: int) -> tuple[str, str, dict | str]:
+                  max_voxels: int, image_dtype: str) -> tuple[str, str, dict | str]:
     """Prepare one case. Returns (status, case_id, manifest entry or failure reason)."""
     cid = entry.case_id
     done = _finished(out, cid, split)
@@ -140,12 +169,9 @@ def _prepare_case(task: TaskInfo, entry: CaseEntry, out: Path, split: str, shape
         return "failed", cid, exc.reason
     cases = out / CASES_DIR
     (cases / f"{cid}.json").unlink(missing_ok=True)  # no stale sidecar may vouch for new files
-    files = {"image": f"{CASES_DIR}/{cid}.image.npy", "label": f"{CASES_DIR}/{cid}.label.npy"}
-    sha = {"image": _save_npy_atomic(out / files["image"], image),
-           "label": _save_npy_atomic(out / files["label"], label)}
     record = {"id": cid, "split": split, "image_shape": list(image.shape),
               "label_shape": list(label.shape), "source_shape": source_shape,
-              "files": files, "sha256": sha}
+              **_store(out, cid, image, label, image_dtype)}
     write_json(cases / f"{cid}.json", record)  # written last: marks the case finished
     return "prepared", cid, record
 
@@ -156,9 +182,11 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # `workers` processes already share the cores
 
 
-def _check_args(shape, labels, split, workers, max_voxels):
+def _check_args(shape, labels, split, workers, max_voxels, image_dtype):
     if labels not in REGIONS:
         raise VoxtuneError(f"--labels {labels!r}: must be one of {', '.join(REGIONS)}")
+    if image_dtype not in IMAGE_DTYPES:
+        raise VoxtuneError(f"--dtype {image_dtype!r}: must be one of {', '.join(IMAGE_DTYPES)}")
     if shape is not None and (len(shape) != 3 or any(int(s) < 1 for s in shape)):
         raise VoxtuneError(f"--shape {shape}: need three positive sizes X Y Z")
     split = tuple(float(f) for f in split)
@@ -196,7 +224,8 @@ def _open_cache(out: Path, settings: dict) -> None:
 
 def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | None = None,
             labels: str = "binary", split: tuple[float, float, float] = (0.7, 0.15, 0.15),
-            seed: int = 0, workers: int = 1, max_voxels: int = 64_000_000) -> PrepareResult:
+            seed: int = 0, workers: int = 1, max_voxels: int = 64_000_000,
+            image_dtype: str = "float16") -> PrepareResult:
     """Preprocess the `training` cases of the MSD task at `source` into the cache folder `out`.
 
     Failed cases are reported on stderr (`case ID: reason`) and left out of the manifest; the
@@ -205,17 +234,18 @@ def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | N
     """
     from tqdm import tqdm
 
-    split = _check_args(shape, labels, split, workers, max_voxels)
+    split = _check_args(shape, labels, split, workers, max_voxels, image_dtype)
     shape = None if shape is None else [int(s) for s in shape]
     task = read_task(source)
     out = Path(out)
     settings = {"version": CACHE_VERSION, "source": str(Path(source).resolve()), "labels": labels,
                 "regions": REGIONS[labels], "modalities": task.modalities, "shape": shape,
-                "crop_z": list(CROP_Z), "split_fractions": list(split), "seed": int(seed)}
+                "crop_z": list(CROP_Z), "split_fractions": list(split), "seed": int(seed),
+                "image_dtype": image_dtype}
     _open_cache(out, settings)
 
     splits = assign_splits([e.case_id for e in task.training], split, seed)
-    jobs = [(task, e, out, splits[e.case_id], shape, labels, max_voxels) for e in task.training]
+    jobs = [(task, e, out, splits[e.case_id], shape, labels, max_voxels, image_dtype) for e in task.training]
     result = PrepareResult(manifest_path=out / MANIFEST)
     records = []
     bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=None)

@@ -36,7 +36,8 @@ def evaluate(checkpoint: str | Path, cache_dir: str | Path, split: str = "test",
     sums = torch.zeros(len(state["regions"]), dtype=torch.float64)
     for i in range(len(dataset)):
         image, label = dataset[i]
-        sums += dice_per_region(infer(model, image[None].to(device), patch), label[None].to(device))[0].double().cpu()
+        logits = infer(model, image[None].to(device).float(), patch)
+        sums += dice_per_region(logits, label[None].to(device))[0].double().cpu()
     per_region = (sums / max(len(ids), 1)).tolist()
     out: dict[str, Any] = {f"{split}_dice": sum(per_region) / len(per_region) if ids else None}
     out.update({f"{split}_dice_{name}": (d if ids else None) for name, d in zip(state["regions"], per_region)})

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from voxtune.config import TrainConfig, make_config, read_yaml, write_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
-from voxtune.data.loader import CaseDataset
+from voxtune.data.loader import CaseDataset, EpochSampler
 from voxtune.errors import VoxtuneError
 from voxtune.files import write_json
 from voxtune.machine import usable_cpus
@@ -62,6 +62,17 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     if _world()[1] > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def loader_workers(cfg: TrainConfig, cpus: int, cuda: bool) -> int:
+    """DataLoader processes per training worker: the config's, else derived from its CPUs. A GPU
+    rank keeps one CPU for itself and lets up to 8 prepare batches; on CPUs that also train, one
+    loader process once there are 4 CPUs, none below (it would take cores from the network)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if cuda:
+        return max(0, min(8, cpus - 1))
+    return 1 if cpus >= 4 else 0
 
 
 def _check_same_run(cfg: TrainConfig, out_dir: Path) -> None:
@@ -120,15 +131,19 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
                             divisor=model.divisor)
     val_set = CaseDataset(cache_dir, val_ids[rank::world], patch_size=None, augment=False, seed=cfg.seed,
                           divisor=model.divisor)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    shard = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    sampler = EpochSampler(shard)  # (epoch, index) keys: workers draw each epoch's patches and flips
+    workers = loader_workers(cfg, threads or usable_cpus(), device.type == "cuda")
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=2 if workers else None)
     has_bn = bool(batchnorm_layers(model))
     # As many statistics batches on every rank (SyncBatchNorm's forward is a collective).
-    bn_cases = min(math.ceil(min(BN_STATS_CASES, len(train_set)) / world), sampler.num_samples)
+    bn_cases = min(math.ceil(min(BN_STATS_CASES, len(train_set)) / world), shard.num_samples)
 
     def to_device(image: torch.Tensor) -> torch.Tensor:
-        image = image.to(device, non_blocking=True)
+        """[B, C, X, Y, Z] in the cache's dtype -> float32 on the device (converted there: half the bytes move)."""
+        image = image.to(device, non_blocking=True).float()
         return image.contiguous(memory_format=torch.channels_last_3d) if device.type == "cuda" else image
 
     ckpt_dir = out_dir / "checkpoints"
@@ -161,13 +176,12 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
             t_epoch = time.perf_counter()
             net.train()
             sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             seen, wait = 0, 0.0
             t_wait = time.perf_counter()
             for image, label in loader:
                 wait += time.perf_counter() - t_wait
-                image, label = to_device(image), label.to(device, non_blocking=True)
+                image, label = to_device(image), label.to(device, non_blocking=True).float()
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss = loss_fn(net(image), label)
                 optimizer.zero_grad(set_to_none=True)
@@ -185,8 +199,8 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
 
             t_bn = time.perf_counter()
             if has_bn:  # statistics of these weights, not momentum averages over past ones
-                ids = list(sampler)[:bn_cases]  # this epoch's shuffled shard of this rank
-                batches = DataLoader(train_set, batch_size=cfg.batch_size, sampler=ids)
+                keys = list(sampler)[:bn_cases]  # this epoch's shuffled shard of this rank
+                batches = DataLoader(train_set, batch_size=cfg.batch_size, sampler=keys)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     recompute_bn_stats(model, (to_device(image) for image, _ in batches))
             bn_stats_s = time.perf_counter() - t_bn
@@ -251,7 +265,7 @@ def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_region
     loss_sum, n, dice_sum = 0.0, 0, torch.zeros(n_regions, dtype=torch.float64)
     for i in range(len(val_set)):
         image, label = val_set[i]
-        image, label = image[None].to(device), label[None].to(device)
+        image, label = image[None].to(device).float(), label[None].to(device).float()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             logits = infer(model, image, cfg.patch_size)
         loss_sum += float(loss_fn(logits.float(), label))
@@ -262,7 +276,8 @@ def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_region
 
 def _best_state(model, cfg: TrainConfig, manifest: dict, regions: list[str], record: dict) -> dict[str, Any]:
     """Everything predict needs: weights, the config, and how the cache was preprocessed."""
-    prep = {k: manifest.get(k) for k in ("labels", "regions", "shape", "crop_z", "modalities")}
+    prep = {k: manifest.get(k) for k in ("labels", "regions", "shape", "crop_z", "modalities",
+                                         "image_dtype")}
     return {"model": model.state_dict(), "config": cfg.to_dict(), "regions": regions,
             "in_channels": manifest["cases"][0]["image_shape"][0], "prepare": prep,
             "epoch": record["epoch"], "val": {k: v for k, v in record.items() if k.startswith("val_")}}
