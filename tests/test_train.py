@@ -52,16 +52,38 @@ def test_rerun_resumes_and_keeps_each_epoch_once(cache_dir, tmp_path):
     assert state["epoch"] == 3
 
 
-def test_resume_is_deterministic(cache_dir, tmp_path):
-    """Two epochs, stop, one more == three epochs straight (model, optimiser and RNG are restored)."""
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_is_deterministic(cache_dir, tmp_path, workers):
+    """Two epochs, stop, one more == three epochs straight (model, optimiser and RNG are restored), with
+    patches and flips drawn in the training process or in two persistent DataLoader processes."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert _train(cache_dir, straight, "--epochs", "3") == 0
-    assert _train(cache_dir, resumed, "--epochs", "2") == 0
-    assert _train(cache_dir, resumed, "--epochs", "3") == 0
-    a = json.loads((straight / "metrics.json").read_text())[-1]
-    b = json.loads((resumed / "metrics.json").read_text())[-1]
-    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-    assert a["val_dice"] == pytest.approx(b["val_dice"], rel=1e-4)
+    extra = ["--set", f"num_workers={workers}", "--set", "patch_size=16"]
+    assert _train(cache_dir, straight, "--epochs", "3", *extra) == 0
+    assert _train(cache_dir, resumed, "--epochs", "2", *extra) == 0
+    assert _train(cache_dir, resumed, "--epochs", "3", *extra) == 0
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    for key in ("train_loss", "val_dice"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4)
+
+
+def test_loader_processes_do_not_change_the_run(cache_dir, tmp_path):
+    runs = {}
+    for workers in ("0", "2"):
+        assert _train(cache_dir, tmp_path / workers, "--epochs", "2", "--set", f"num_workers={workers}",
+                      "--set", "patch_size=16") == 0
+        runs[workers] = [r["train_loss"] for r in json.loads((tmp_path / workers / "metrics.json").read_text())]
+    assert runs["0"] == pytest.approx(runs["2"], rel=1e-5)
+
+
+def test_loader_processes_follow_the_cpus():
+    from voxtune.train.loop import loader_workers
+
+    auto = make_config({})
+    assert auto.num_workers is None
+    assert [loader_workers(auto, cpus, cuda=False) for cpus in (1, 2, 4, 32)] == [0, 0, 1, 1]
+    assert [loader_workers(auto, cpus, cuda=True) for cpus in (1, 2, 8, 32)] == [0, 1, 7, 8]
+    assert loader_workers(make_config({"num_workers": 3}), 1, cuda=False) == 3
 
 
 def test_rerun_with_another_config_is_refused(cache_dir, tmp_path, capsys):
@@ -125,6 +147,10 @@ def test_config_file_errors_name_the_file(tmp_path):
 def test_overrides_are_typed_per_key():
     cfg = make_config(parse_overrides(["amsgrad=true", "patch_size=16,16,16", "beta2=0.99", "depth=2"]))
     assert cfg.amsgrad is True and cfg.patch_size == [16, 16, 16] and cfg.beta2 == 0.99 and cfg.depth == 2
+    cfg = make_config(parse_overrides(["patch_size=64", "num_workers=auto"]))
+    assert cfg.patch_size == [64, 64, 64] and cfg.num_workers is None  # one integer: a cube
+    assert make_config({"patch_size": 32}).patch_size == [32, 32, 32]
+    assert make_config(parse_overrides(["num_workers=2"])).num_workers == 2
 
 
 def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path):

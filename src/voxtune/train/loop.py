@@ -192,6 +192,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
                 seen += image.shape[0]
                 t_wait = time.perf_counter()
             train_loss_sum, train_seen = _all_sum([loss_sum.item(), seen], device)
+            train_s = time.perf_counter() - t_epoch
             train_loss = train_loss_sum / max(train_seen, 1)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} "
@@ -212,7 +213,8 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss_sum / max(n_val, 1),
                       "val_dice": sum(dice) / len(dice),
                       **{f"val_dice_{name}": d for name, d in zip(regions, dice)},
-                      "epoch_time_s": epoch_time, "data_wait_s": wait, "bn_stats_s": bn_stats_s,
+                      "epoch_time_s": epoch_time, "train_s": train_s, "train_samples": int(train_seen),
+                      "data_wait_s": wait, "bn_stats_s": bn_stats_s,
                       "workers": world}
             records.append(record)
 
