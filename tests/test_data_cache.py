@@ -83,7 +83,7 @@ def test_cropped_float16_storage_rebuilds_the_frame(cache_dir, msd_dir):
     assert stored.size < np.prod(entry["image_shape"])  # the phantom's head does not fill its frame
     raw_image = np.asarray(nib.load(str(msd_dir / "imagesTr" / "BRATS_001.nii.gz")).dataobj, dtype=np.float32)
     raw_label = np.asarray(nib.load(str(msd_dir / "labelsTr" / "BRATS_001.nii.gz")).dataobj, dtype=np.uint8)
-    want_image, want_label = preprocess(raw_image, raw_label)
+    want_image, want_label, _ = preprocess(raw_image, raw_label)
     image, label = load_case(cache_dir, "BRATS_001", manifest=manifest)
     assert np.array_equal(image, want_image.astype(np.float16).astype(np.float32))
     assert np.array_equal(label, want_label)

@@ -10,13 +10,14 @@ from voxtune.data.prepare import assign_splits, prepare, preprocess
 from voxtune.data.synthetic import make_dataset
 from voxtune.errors import VoxtuneError
 
-CASE_KEYS = {"id", "split", "image_shape", "label_shape", "source_shape", "bbox", "files", "bytes", "sha256", "probe"}
+CASE_KEYS = {"id", "split", "image_shape", "label_shape", "source_shape", "bbox", "background", "files", "bytes",
+             "sha256", "probe"}
 
 
 def test_manifest(cache_dir, msd_dir):
     m = read_manifest(cache_dir)
     assert m["version"] == 2 and m["labels"] == "binary" and m["regions"] == ["whole_tumour"]
-    assert m["image_dtype"] == "float16"
+    assert m["image_dtype"] == "float16" and m["normalise"] == "brain"
     assert m["modalities"] == ["FLAIR", "T1w", "t1gd", "T2w"]
     assert m["shape"] is None and m["crop_z"] == [2, 1] and m["seed"] == 0
     assert m["split_fractions"] == [0.7, 0.15, 0.15] and m["source"] == str(msd_dir.resolve())
@@ -101,7 +102,8 @@ def test_preprocess_direct():
     image[2:6, 2:6, :, :] = np.arange(4 * 4 * 10 * 2).reshape(4, 4, 10, 2) + 5
     label = np.zeros((8, 8, 10), np.uint8)
     label[3, 3, 3] = 3
-    img, lab = preprocess(image, label, labels="regions")
+    img, lab, background = preprocess(image, label, labels="regions")
+    assert background == [0.0, 0.0] and (img[:, 0, 0, 0] == 0).all()
     assert img.shape == (2, 8, 8, 7) and lab.shape == (3, 8, 8, 7)
     assert lab[:, 3, 3, 1].tolist() == [1, 1, 1]
 
@@ -202,3 +204,20 @@ def test_parallel_workers_same_result(cache_dir, msd_dir, tmp_path):
     assert result.ok and len(result.prepared) == 8
     sha = lambda d: {c["id"]: c["sha256"] for c in read_manifest(d)["cases"]}
     assert sha(tmp_path / "p") == sha(cache_dir)
+
+
+def test_volume_normalisation_is_the_papers(msd_dir, tmp_path):
+    """--normalise volume z-scores each channel over every voxel, background included (the paper's
+    per-image standardisation); the cropped cache still rebuilds the whole frame exactly."""
+    assert prepare(msd_dir, tmp_path / "v", normalise="volume").ok
+    manifest = read_manifest(tmp_path / "v")
+    assert manifest["normalise"] == "volume"
+    image, _ = load_case(tmp_path / "v", "BRATS_002")
+    raw = np.moveaxis(np.asarray(nib.load(str(msd_dir / "imagesTr" / "BRATS_002.nii.gz")).dataobj), -1, 0)[..., 2:-1]
+    entry = next(c for c in manifest["cases"] if c["id"] == "BRATS_002")
+    for c in range(4):
+        assert abs(image[c].mean()) < 2e-3 and abs(image[c].std() - 1) < 2e-3
+        outside = image[c][raw[c] == 0]
+        assert outside.size and (outside == np.float16(entry["background"][c])).all() and outside[0] < 0
+    with pytest.raises(VoxtuneError, match="--normalise 'skull'"):
+        prepare(msd_dir, tmp_path / "x", normalise="skull")

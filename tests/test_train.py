@@ -123,6 +123,12 @@ def test_nan_loss_stops_with_a_clear_error(cache_dir, tmp_path, monkeypatch, cap
     (["--set", "depth=three"], "config key 'depth': expected an integer"),
     (["--set", "patch_size=20"], "config key 'patch_size'"),
     (["--set", "lr"], "--set expects key=value"),
+    (["--set", "model=segresnet", "--set", "kernel_size=5"], "config key 'kernel_size': 5: SegResNet has 3x3x3"),
+    (["--set", "model=segresnet", "--set", "norm=none"], "config key 'norm': 'none': segresnet always normalises"),
+    (["--set", "model=dynunet", "--set", "norm=none"], "config key 'norm': 'none': dynunet always normalises"),
+    (["--set", "amp=true"], "config key 'amp': true needs a CUDA device"),
+    (["--set", "val_metric=iou"], "config key 'val_metric'"),
+    (["--set", "foreground_prior=1"], "config key 'foreground_prior'"),
     (["--epochs", "0"], "config key 'epochs'"),
 ])
 def test_bad_config_is_one_line_naming_the_key(args, expected, cache_dir, tmp_path, capsys):
@@ -163,3 +169,41 @@ def test_monai_models_train_from_the_same_config(model, cache_dir, tmp_path):
     summary = loop.fit(make_config({"epochs": 1, "model": model, "norm": "in"}), cache_dir, tmp_path / "run",
                        threads=1)
     assert summary["epochs"] == 1
+
+
+def test_the_papers_recipe_as_a_preset(cache_dir, tmp_path):
+    """`--config paper`: 20 epochs, no augmentation, lr x replicas, a zero-bias head, batch soft Dice loss and
+    the paper's soft validation Dice; --set still overrides it."""
+    cfg = load_config("paper", parse_overrides(["epochs=1"]))
+    assert (cfg.epochs, cfg.augment, cfg.scale_lr, cfg.foreground_prior) == (1, False, True, 0.5)
+    assert cfg.loss == "batch_dice" and cfg.val_metric == "soft_dice" and cfg.patch_size is None
+    assert load_config("paper").epochs == 20
+    run = tmp_path / "run"
+    assert _train(cache_dir, run, "--config", "paper", "--epochs", "1") == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["augment"] is False and saved["val_metric"] == "soft_dice"
+    head = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]["head.bias"]
+    assert head.shape == (1,)
+
+
+def test_soft_validation_dice_is_the_papers_formula():
+    from voxtune.train.metrics import soft_dice_per_region
+
+    logits = torch.tensor([[[[[0.0, 2.0], [-2.0, 0.0]]]]])  # [1, 1, 1, 2, 2]
+    label = torch.tensor([[[[[0.0, 1.0], [0.0, 1.0]]]]])
+    p = torch.sigmoid(logits).flatten()
+    want = (2 * (p * label.flatten()).sum() + 0.01) / (p.sum() + 2 + 0.01)
+    assert soft_dice_per_region(logits, label).item() == pytest.approx(want.item())
+
+
+def test_no_augmentation_means_no_flips(cache_dir, tmp_path, monkeypatch):
+    seen = []
+    real = loop.CaseDataset
+
+    def spy(cache, ids, *args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        return real(cache, ids, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "CaseDataset", spy)
+    loop.fit(make_config({"epochs": 1, "augment": False}), cache_dir, tmp_path / "run", threads=1)
+    assert seen[0] is False

@@ -33,7 +33,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     result = prepare(args.source, args.out, shape=_shape(args.shape), labels=args.labels,
                      split=tuple(args.split), seed=args.seed, workers=args.workers,
-                     max_voxels=args.max_voxels, image_dtype=args.dtype)
+                     max_voxels=args.max_voxels, image_dtype=args.dtype, normalise=args.normalise)
     print(result.summary())
     return 0 if result.ok else 1
 
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-voxels", type=int, default=64_000_000,
                    help="refuse volumes with more voxels per channel than this")
     p.add_argument("--dtype", default="float16", help="image storage: float16 (default, half the bytes) or float32")
+    p.add_argument("--normalise", default="brain",
+                   help="z-score each channel over the brain (default, background stays 0) or over the whole "
+                        "volume (the paper's, for --config paper)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("verify", help="check every file of a prepared cache against its sha256")

@@ -15,7 +15,8 @@ from voxtune.errors import VoxtuneError
 
 MODELS = ("unet3d", "segresnet", "dynunet")
 NORMS = ("bn", "gn", "in", "none")
-LOSSES = ("dice", "dicece")
+LOSSES = ("dice", "dicece", "batch_dice")
+VAL_METRICS = ("hard_dice", "soft_dice")
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,27 @@ class TrainConfig:
     batch_size: int = 2
     epochs: int = 10
     patch_size: list[int] | None = None  # null = whole volume
-    loss: str = "dice"
+    loss: str = "dice"  # dice: per case (MONAI); dicece: + cross-entropy; batch_dice: over the batch (the paper)
     seed: int = 0
-    amp: bool = True  # only takes effect on CUDA
+    amp: bool | None = None  # mixed precision; null: on where CUDA is (true without CUDA is refused)
     num_workers: int | None = None  # data-loading processes per training worker; null: from its CPUs
     scale_lr: bool = False  # multiply lr by the DDP world size, as the paper did
+    augment: bool = True  # random flips of the three spatial axes (the paper: none)
+    foreground_prior: float = 0.01  # the head's initial P(tumour); 0.5 = zero bias, as the paper
+    val_metric: str = "hard_dice"  # hard_dice: thresholded, per case; soft_dice: on probabilities (the paper)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 KEYS = tuple(f.name for f in fields(TrainConfig))
+
+# `--config paper`: the published training recipe (Berral et al. 2022, their code) where it differs
+# from voxtune's defaults. Pair it with a cache made by `voxtune prepare --normalise volume`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"epochs": 20, "augment": False, "scale_lr": True, "foreground_prior": 0.5,
+              "loss": "batch_dice", "val_metric": "soft_dice", "patch_size": None},
+}
 
 
 def _check(key: str, ok: bool, what: str) -> None:
@@ -54,10 +65,10 @@ def _check(key: str, ok: bool, what: str) -> None:
 def _coerce(key: str, value: Any) -> Any:
     """Coerce a YAML/CLI value to the field's type, or raise naming the key."""
     default = getattr(TrainConfig, key, None)
-    if key == "num_workers":
+    if key in ("num_workers", "amp"):  # null (or auto): decided by the machine the run lands on
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "auto", "")):
             return None
-        default = 0  # otherwise an integer
+        default = 0 if key == "num_workers" else False
     if key == "patch_size":
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
             return None
@@ -99,6 +110,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check("model", cfg.model in MODELS, f"'{cfg.model}' is not one of {', '.join(MODELS)}")
     _check("norm", cfg.norm in NORMS, f"'{cfg.norm}' is not one of {', '.join(NORMS)}")
     _check("loss", cfg.loss in LOSSES, f"'{cfg.loss}' is not one of {', '.join(LOSSES)}")
+    _check("val_metric", cfg.val_metric in VAL_METRICS, f"'{cfg.val_metric}' is not one of {', '.join(VAL_METRICS)}")
+    _check("foreground_prior", 0 < cfg.foreground_prior < 1, f"{cfg.foreground_prior} must be in (0, 1)")
+    # Options a network would ignore or silently replace are refused, never relabelled.
+    if cfg.model == "segresnet":
+        _check("kernel_size", cfg.kernel_size == 3, f"{cfg.kernel_size}: SegResNet has 3x3x3 kernels only")
+    if cfg.model != "unet3d":
+        _check("norm", cfg.norm != "none", f"'none': {cfg.model} always normalises; choose bn, gn or in")
     _check("filter_start", 1 <= cfg.filter_start <= 512, f"{cfg.filter_start} is outside 1..512")
     _check("depth", 1 <= cfg.depth <= 6, f"{cfg.depth} is outside 1..6")
     _check("kernel_size", cfg.kernel_size in (3, 5), f"{cfg.kernel_size} must be 3 or 5")
@@ -155,8 +173,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- overrides, validated."""
-    values = read_yaml(path) if path else {}
+    """Defaults <- YAML file (or a preset's name: paper) <- overrides, validated."""
+    values = dict(PRESETS[str(path)]) if str(path) in PRESETS else read_yaml(path) if path else {}
     try:
         cfg = make_config(values)
     except VoxtuneError as exc:

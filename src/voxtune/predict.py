@@ -142,7 +142,8 @@ def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) 
     if crop != CROP_Z:  # preprocess always crops CROP_Z; another crop cannot be reproduced here
         raise VoxtuneError(f"checkpoint was prepared with crop_z {list(crop)}, this voxtune crops {list(CROP_Z)}")
     dummy = np.zeros(image.shape[:3], dtype=np.uint8)  # preprocess wants a label; only the image is used
-    x, _ = preprocess(image, dummy, shape=prep.get("shape"), labels=prep.get("labels", "binary"))
+    x, _, _ = preprocess(image, dummy, shape=prep.get("shape"), labels=prep.get("labels", "binary"),
+                         normalise=prep.get("normalise") or "brain")
     prepared = x.shape[1:]
     # The values training saw: the cache stores images in this dtype (float16 by default).
     x = x.astype(prep.get("image_dtype") or "float32").astype(np.float32)

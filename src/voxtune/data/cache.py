@@ -9,9 +9,10 @@ Layout (paths in the manifest are relative to the cache folder):
     CACHE/cases/BRATS_001.json            per-case sidecar (the case's manifest entry), written last
 
 A case's *frame* is its preprocessed volume [C, X, Y, Z] (`image_shape`); only the box `bbox`
-(per axis [start, stop)) around its non-zero voxels is stored, as nnU-Net crops to the brain:
-everything outside it is 0 in the image and the label, so `read_window` rebuilds any part of the
-frame exactly. With float16 a full-size BraTS case takes ~79 MB instead of 149 MB
+(per axis [start, stop)) around its brain and tumour voxels is stored, as nnU-Net crops to the
+brain: outside it the label is 0 and each image channel holds its `background` value (0, or the
+z-scored 0 when prepare normalised over the whole volume), so `read_window` rebuilds any part of
+the frame exactly. With float16 a full-size BraTS case takes ~79 MB instead of 149 MB
 (benchmarks/cache_format.md).
 
 Reads go through memory maps opened per read and closed after it: a window costs the pages it
@@ -188,12 +189,14 @@ def read_window(cache_dir: str | Path, entry: dict, image_dtype: str, start, siz
     """A window of the case's frame: image [C, *size] in the stored dtype and label uint8 [R, *size].
 
     `start` and `size` are per spatial axis in frame voxels; the window may reach past the frame
-    (zero there, which pads). `flip` mirrors each axis of the window. Only the stored voxels inside
+    (the background value there, which pads: 0 unless prepare normalised over the whole volume). `flip` mirrors each axis of the window. Only the stored voxels inside
     the window are read, in one copy.
     """
     image_src = _open(cache_dir, entry, "image", image_dtype)
     label_src = _open(cache_dir, entry, "label", "uint8")
-    image = np.zeros((image_src.shape[0], *size), image_src.dtype)
+    fill = np.asarray(entry["background"], dtype=image_src.dtype)[:, None, None, None]  # outside the box
+    image = np.empty((image_src.shape[0], *size), image_src.dtype)
+    image[...] = fill
     label = np.zeros((label_src.shape[0], *size), np.uint8)
     src, dst = [slice(None)], [slice(None)]
     for s, n, (b0, b1), f in zip(start, size, entry["bbox"], flip):

@@ -32,7 +32,8 @@ CASES_DIR = "cases"
 MAX_FOREGROUND = 10_000  # tumour voxel coordinates kept per case for patch centres
 # Settings that decide the cache's content: a re-run must match them or go elsewhere.
 _SETTINGS = ("version", "source", "labels", "regions", "modalities", "shape", "crop_z",
-             "split_fractions", "seed", "image_dtype")
+             "split_fractions", "seed", "image_dtype", "normalise")
+NORMALISE = ("brain", "volume")
 
 
 @dataclass
@@ -54,26 +55,38 @@ class PrepareResult:
 
 
 def preprocess(image: np.ndarray, label: np.ndarray, shape: tuple[int, int, int] | None = None,
-               labels: str = "binary") -> tuple[np.ndarray, np.ndarray]:
+               labels: str = "binary", normalise: str = "brain") -> tuple[np.ndarray, np.ndarray, list[float]]:
     """image float32 [X, Y, Z, C], label uint8 [X, Y, Z] -> image float32 [C, X', Y', Z'],
-    label uint8 [R, X', Y', Z'] (crop Z [2:-1], optional resize, z-score, label channels)."""
+    label uint8 [R, X', Y', Z'] and the value the background (source 0) has in each channel
+    (crop Z [2:-1], optional resize, z-score, label channels).
+
+    normalise "brain": each channel z-scored over its non-zero voxels, background left 0 (nnU-Net);
+    "volume": over every voxel, background included (the paper's per-image standardisation).
+    """
     lo, hi = CROP_Z
     image = np.moveaxis(image, -1, 0)[..., lo:-hi]
     label = label[..., lo:-hi]
     if shape is not None and tuple(label.shape) != tuple(shape):
         image, label = _resize(image, label, shape)
     image = np.array(image, dtype=np.float32)  # own, contiguous copy: z-scored in place below
+    background = []
     for channel in image:
-        brain = channel != 0  # MSD skull-stripped background is exactly 0 and stays 0
-        if brain.any():
-            values = channel[brain]
-            mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
-            channel[brain] = (values - mean) / max(std, 1e-8)
+        if normalise == "volume":
+            mean, std = channel.mean(dtype=np.float64), max(channel.std(dtype=np.float64), 1e-8)
+            channel[...] = (channel - mean) / std
+            background.append(float(np.float32((0.0 - mean) / std)))
+        else:
+            background.append(0.0)
+            brain = channel != 0  # MSD skull-stripped background is exactly 0, and stays 0
+            if brain.any():
+                values = channel[brain]
+                mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
+                channel[brain] = (values - mean) / max(std, 1e-8)
     if labels == "binary":
         channels = [label > 0]
     else:  # BraTS regions: WT {1,2,3}, TC {2,3}, ET {3}
         channels = [label > 0, (label == 2) | (label == 3), label == 3]
-    return image, np.stack(channels).astype(np.uint8)
+    return image, np.stack(channels).astype(np.uint8), background
 
 
 def _resize(image: np.ndarray, label: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +116,12 @@ def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], se
     return {ids[i]: names[k] for k, i in enumerate(order)}
 
 
-def nonzero_box(image: np.ndarray, label: np.ndarray) -> list[list[int]]:
-    """[[start, stop]] per spatial axis of the voxels where any image channel or label is non-zero
-    (one voxel at the origin for an empty case, so every stored array has a size)."""
-    mask = (image != 0).any(axis=0) | label.any(axis=0)
+def nonzero_box(image: np.ndarray, label: np.ndarray, background=None) -> list[list[int]]:
+    """[[start, stop]] per spatial axis of the voxels where any image channel differs from its
+    background value (default 0) or any label is set (one voxel at the origin for an empty case, so
+    every stored array has a size)."""
+    fill = np.zeros(len(image), np.float32) if background is None else np.asarray(background, np.float32)
+    mask = (image != fill[:, None, None, None]).any(axis=0) | label.any(axis=0)
     if not mask.any():
         return [[0, 1]] * 3
     box = []
@@ -125,15 +140,16 @@ def foreground_sample(label: np.ndarray) -> np.ndarray:
     return coords.astype(np.int32)
 
 
-def _store(out: Path, cid: str, image: np.ndarray, label: np.ndarray, image_dtype: str) -> dict:
+def store_case(out: Path, cid: str, image: np.ndarray, label: np.ndarray, image_dtype: str,
+               background: list[float]) -> dict:
     """Write a preprocessed case's arrays atomically; returns its manifest entry's storage fields."""
-    box = nonzero_box(image, label)
+    box = nonzero_box(image, label, background)
     inner = (slice(None),) + tuple(slice(b0, b1) for b0, b1 in box)
     arrays = {"image": image[inner].astype(image_dtype), "label": label[inner], "foreground": foreground_sample(label)}
     files = {kind: f"{CASES_DIR}/{cid}.{kind}.npy" for kind in KINDS}
     for kind in KINDS:
         atomic_write(out / files[kind], lambda f, a=arrays[kind]: np.save(f, a, allow_pickle=False))
-    return {"bbox": box, "files": files, **file_records(out, files)}
+    return {"bbox": box, "background": [float(v) for v in background], "files": files, **file_records(out, files)}
 
 
 def _finished(out: Path, case_id: str, split: str) -> dict | None:
@@ -152,7 +168,7 @@ def _finished(out: Path, case_id: str, split: str) -> dict | None:
 
 
 def _prepare_case(task: TaskInfo, entry: CaseEntry, out: Path, split: str, shape, labels: str,
-                  max_voxels: int, image_dtype: str) -> tuple[str, str, dict | str]:
+                  max_voxels: int, image_dtype: str, normalise: str) -> tuple[str, str, dict | str]:
     """Prepare one case. Returns (status, case_id, manifest entry or failure reason)."""
     cid = entry.case_id
     done = _finished(out, cid, split)
@@ -164,14 +180,14 @@ def _prepare_case(task: TaskInfo, entry: CaseEntry, out: Path, split: str, shape
             raise CaseError(cid, f"image {entry.image} has only {image.shape[2]} slices on Z; "
                                  f"the [2:-1] crop needs more than {sum(CROP_Z)}")
         source_shape = list(label.shape)
-        image, label = preprocess(image, label, shape=shape, labels=labels)
+        image, label, background = preprocess(image, label, shape=shape, labels=labels, normalise=normalise)
     except CaseError as exc:
         return "failed", cid, exc.reason
     cases = out / CASES_DIR
     (cases / f"{cid}.json").unlink(missing_ok=True)  # no stale sidecar may vouch for new files
     record = {"id": cid, "split": split, "image_shape": list(image.shape),
               "label_shape": list(label.shape), "source_shape": source_shape,
-              **_store(out, cid, image, label, image_dtype)}
+              **store_case(out, cid, image, label, image_dtype, background)}
     write_json(cases / f"{cid}.json", record)  # written last: marks the case finished
     return "prepared", cid, record
 
@@ -182,9 +198,11 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # `workers` processes already share the cores
 
 
-def _check_args(shape, labels, split, workers, max_voxels, image_dtype):
+def _check_args(shape, labels, split, workers, max_voxels, image_dtype, normalise):
     if labels not in REGIONS:
         raise VoxtuneError(f"--labels {labels!r}: must be one of {', '.join(REGIONS)}")
+    if normalise not in NORMALISE:
+        raise VoxtuneError(f"--normalise {normalise!r}: must be one of {', '.join(NORMALISE)}")
     if image_dtype not in IMAGE_DTYPES:
         raise VoxtuneError(f"--dtype {image_dtype!r}: must be one of {', '.join(IMAGE_DTYPES)}")
     if shape is not None and (len(shape) != 3 or any(int(s) < 1 for s in shape)):
@@ -225,7 +243,7 @@ def _open_cache(out: Path, settings: dict) -> None:
 def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | None = None,
             labels: str = "binary", split: tuple[float, float, float] = (0.7, 0.15, 0.15),
             seed: int = 0, workers: int = 1, max_voxels: int = 64_000_000,
-            image_dtype: str = "float16") -> PrepareResult:
+            image_dtype: str = "float16", normalise: str = "brain") -> PrepareResult:
     """Preprocess the `training` cases of the MSD task at `source` into the cache folder `out`.
 
     Failed cases are reported on stderr (`case ID: reason`) and left out of the manifest; the
@@ -234,18 +252,19 @@ def prepare(source: str | Path, out: str | Path, shape: tuple[int, int, int] | N
     """
     from tqdm import tqdm
 
-    split = _check_args(shape, labels, split, workers, max_voxels, image_dtype)
+    split = _check_args(shape, labels, split, workers, max_voxels, image_dtype, normalise)
     shape = None if shape is None else [int(s) for s in shape]
     task = read_task(source)
     out = Path(out)
     settings = {"version": CACHE_VERSION, "source": str(Path(source).resolve()), "labels": labels,
                 "regions": REGIONS[labels], "modalities": task.modalities, "shape": shape,
                 "crop_z": list(CROP_Z), "split_fractions": list(split), "seed": int(seed),
-                "image_dtype": image_dtype}
+                "image_dtype": image_dtype, "normalise": normalise}
     _open_cache(out, settings)
 
     splits = assign_splits([e.case_id for e in task.training], split, seed)
-    jobs = [(task, e, out, splits[e.case_id], shape, labels, max_voxels, image_dtype) for e in task.training]
+    jobs = [(task, e, out, splits[e.case_id], shape, labels, max_voxels, image_dtype, normalise)
+            for e in task.training]
     result = PrepareResult(manifest_path=out / MANIFEST)
     records = []
     bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=None)

@@ -6,7 +6,7 @@ from torch import nn
 from voxtune.config import TrainConfig
 from voxtune.models.unet3d import UNet3D, foreground_prior_bias
 
-_MONAI_NORM = {"bn": "batch", "gn": ("group", {"num_groups": 8}), "in": "instance", "none": None}
+_MONAI_NORM = {"bn": "batch", "gn": ("group", {"num_groups": 8}), "in": "instance"}  # "none": refused by config
 
 
 def build_model(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Module:
@@ -15,17 +15,17 @@ def build_model(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Mod
     Every model carries `divisor`: the spatial sizes it accepts must be multiples of it.
     """
     if cfg.model == "unet3d":
-        return UNet3D(in_channels, out_channels, cfg.filter_start, cfg.depth, cfg.norm, cfg.kernel_size)
+        return UNet3D(in_channels, out_channels, cfg.filter_start, cfg.depth, cfg.norm, cfg.kernel_size,
+                      prior=cfg.foreground_prior)
     if cfg.model == "segresnet":
         from monai.networks.nets import SegResNet
 
         blocks_down = tuple([1] + [2] * (cfg.depth - 1) + [4])[: cfg.depth + 1]
-        norm = _MONAI_NORM[cfg.norm] or ("group", {"num_groups": 1})
         net = SegResNet(spatial_dims=3, init_filters=cfg.filter_start, in_channels=in_channels,
-                        out_channels=out_channels, norm=norm, blocks_down=blocks_down,
+                        out_channels=out_channels, norm=_MONAI_NORM[cfg.norm], blocks_down=blocks_down,
                         blocks_up=(1,) * (len(blocks_down) - 1))
         net.divisor = 2 ** (len(blocks_down) - 1)
-        foreground_prior_bias(_last_conv(net))
+        foreground_prior_bias(_last_conv(net), cfg.foreground_prior)
         return net
     if cfg.model == "dynunet":
         from monai.networks.nets import DynUNet
@@ -35,9 +35,9 @@ def build_model(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Mod
                       kernel_size=[cfg.kernel_size] * levels, strides=[1] + [2] * cfg.depth,
                       upsample_kernel_size=[2] * cfg.depth,
                       filters=[cfg.filter_start * 2**i for i in range(levels)],
-                      norm_name=_MONAI_NORM[cfg.norm] or "instance")
+                      norm_name=_MONAI_NORM[cfg.norm])
         net.divisor = 2**cfg.depth
-        foreground_prior_bias(_last_conv(net))
+        foreground_prior_bias(_last_conv(net), cfg.foreground_prior)
         return net
     raise ValueError(f"unknown model '{cfg.model}'")
 

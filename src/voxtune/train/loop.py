@@ -35,7 +35,7 @@ from voxtune.machine import usable_cpus
 from voxtune.models import build_model
 from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
 from voxtune.train.checkpoint import load_checkpoint, save_checkpoint
-from voxtune.train.metrics import dice_per_region, infer
+from voxtune.train.metrics import dice_per_region, infer, soft_dice_per_region
 
 # report(record) -> True asks the loop to stop after this epoch (a scheduler's early stop).
 Reporter = Callable[[dict[str, Any]], bool]
@@ -99,7 +99,10 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     out_dir = Path(out_dir)
     torch.set_num_threads(max(1, threads or usable_cpus()))
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    use_amp = cfg.amp and device.type == "cuda"
+    if cfg.amp and device.type != "cuda":
+        raise VoxtuneError("config key 'amp': true needs a CUDA device and this worker has none; leave it "
+                           "unset (on wherever CUDA is) or set it false")
+    use_amp = device.type == "cuda" if cfg.amp is None else cfg.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
     manifest = read_manifest(cache_dir)
@@ -124,10 +127,12 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     lr = cfg.lr * world if cfg.scale_lr else cfg.lr
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, cfg.beta2), amsgrad=cfg.amsgrad)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_cls = DiceCELoss if cfg.loss == "dicece" else DiceLoss
-    loss_fn = loss_cls(sigmoid=True)
+    if cfg.loss == "batch_dice":  # the paper's: one soft Dice over the whole batch, smooth 0.01
+        loss_fn = DiceLoss(sigmoid=True, batch=True, smooth_nr=0.01, smooth_dr=0.01)
+    else:
+        loss_fn = (DiceCELoss if cfg.loss == "dicece" else DiceLoss)(sigmoid=True)
 
-    train_set = CaseDataset(cache_dir, train_ids, patch_size=cfg.patch_size, augment=True, seed=cfg.seed,
+    train_set = CaseDataset(cache_dir, train_ids, patch_size=cfg.patch_size, augment=cfg.augment, seed=cfg.seed,
                             divisor=model.divisor)
     val_set = CaseDataset(cache_dir, val_ids[rank::world], patch_size=None, augment=False, seed=cfg.seed,
                           divisor=model.divisor)
@@ -271,7 +276,8 @@ def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_region
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             logits = infer(model, image, cfg.patch_size)
         loss_sum += float(loss_fn(logits.float(), label))
-        dice_sum += dice_per_region(logits, label)[0].double().cpu()
+        score = soft_dice_per_region if cfg.val_metric == "soft_dice" else dice_per_region
+        dice_sum += score(logits, label)[0].double().cpu()
         n += 1
     return [loss_sum, n, *dice_sum.tolist()]
 
@@ -279,7 +285,7 @@ def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_region
 def _best_state(model, cfg: TrainConfig, manifest: dict, regions: list[str], record: dict) -> dict[str, Any]:
     """Everything predict needs: weights, the config, and how the cache was preprocessed."""
     prep = {k: manifest.get(k) for k in ("labels", "regions", "shape", "crop_z", "modalities",
-                                         "image_dtype")}
+                                         "image_dtype", "normalise")}
     return {"model": model.state_dict(), "config": cfg.to_dict(), "regions": regions,
             "in_channels": manifest["cases"][0]["image_shape"][0], "prepare": prep,
             "epoch": record["epoch"], "val": {k: v for k, v in record.items() if k.startswith("val_")}}
