@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 import subprocess
 import sys
 
 import pytest
 
-from voxtune.bench.benchmark import bench_markdown, bench_space, plan_runs, write_plot
+from voxtune.bench import benchmark as B
+from voxtune.bench.benchmark import bench_space, plan_runs, recipe_config, time_to_target
+from voxtune.bench.tables import bench_markdown, write_plot
 from voxtune.cli import main
 from voxtune.errors import VoxtuneError
 from voxtune.parallel.space import PAPER_SPACE, count_trials
@@ -35,16 +38,35 @@ def test_bench_space_refuses_random_entries():
 
 
 def test_run_list_shares_the_one_worker_run_and_places_hybrids():
-    runs = plan_runs([1, 2, 4], ["experiment", "data", "hybrid"], None)
-    assert runs == [("experiment", 1, 1), ("experiment", 2, 1), ("data", 2, 2),
-                    ("experiment", 4, 1), ("data", 4, 4), ("hybrid", 4, 2)]
-    assert plan_runs([4], ["data"], None)[0] == ("experiment", 1, 1)  # baseline added
+    runs = plan_runs([1, 2, 4], ["experiment", "data", "hybrid"], None, ["global-batch"])
+    assert runs == [("experiment", 1, 1, None), ("experiment", 2, 1, None), ("data", 2, 2, "global-batch"),
+                    ("experiment", 4, 1, None), ("data", 4, 4, "global-batch"), ("hybrid", 4, 2, "global-batch")]
+    assert plan_runs([4], ["data"], None, ["global-batch"])[0] == ("experiment", 1, 1, None)  # baseline added
+    both = plan_runs([2], ["data"], None, ["global-batch", "scale-lr"])
+    assert both[1:] == [("data", 2, 2, "global-batch"), ("data", 2, 2, "scale-lr")]
     with pytest.raises(VoxtuneError, match="--modes"):
-        plan_runs([1, 2], ["pipeline"], None)
+        plan_runs([1, 2], ["pipeline"], None, ["global-batch"])
     with pytest.raises(VoxtuneError, match="--workers"):
-        plan_runs([0, 2], ["data"], None)
+        plan_runs([0, 2], ["data"], None, ["global-batch"])
     with pytest.raises(VoxtuneError, match="--workers-per-trial 1"):
-        plan_runs([2], ["hybrid"], 1)
+        plan_runs([2], ["hybrid"], 1, ["global-batch"])
+    with pytest.raises(VoxtuneError, match="--ddp-recipe"):
+        plan_runs([2], ["data"], None, ["half-batch"])
+
+
+def test_ddp_recipes_keep_the_problem_comparable():
+    base = {"batch_size": 2, "lr": 0.001, "scale_lr": False}
+    assert recipe_config(base, 1, None) == base
+    assert recipe_config(base, 2, "global-batch") == {"batch_size": 1, "lr": 0.001, "scale_lr": False}
+    assert recipe_config(base, 2, "scale-lr") == {"batch_size": 2, "lr": 0.001, "scale_lr": True}
+    with pytest.raises(VoxtuneError, match="batch_size 2 over 4 ranks"):
+        recipe_config(base, 4, "global-batch")
+
+
+def test_time_to_target_is_the_first_epoch_at_or_above_it():
+    curve = [[5.0, 0.2], [9.0, 0.7], [12.0, 0.65], [15.0, 0.9]]
+    assert time_to_target(curve, 0.7) == 9.0 and time_to_target(curve, 0.8) == 15.0
+    assert time_to_target(curve, 0.95) is None
 
 
 def test_cli_bad_bench_input_is_one_line(tmp_path, capsys, cache_dir):
@@ -54,18 +76,24 @@ def test_cli_bad_bench_input_is_one_line(tmp_path, capsys, cache_dir):
 
 
 def _fake_bench() -> dict:
+    rep = {"how": "ran", "load_before": 0.1}
     row = {"workers_per_trial": 1, "concurrent_trials": 1, "trials": 2, "epochs": 1, "status": {"finished": 2},
-           "wall_s": 10.0, "trial_compute_s": 4.0, "startup_s": 3.0, "ray_init_s": 1.0, "idle_worker_s": 2.0,
-           "per_epoch_s": 4.0, "data_wait_share": 0.05, "speedup": 1.0, "efficiency": 1.0, "load_before": 0.1}
+           "wall_s": 10.0, "wall_s_min": 9.5, "wall_s_max": 11.0, "trial_compute_s": 4.0, "startup_s": 3.0,
+           "wall_after_startup_s": 7.0, "ray_init_s": 1.0, "idle_worker_s": 2.0, "per_epoch_s": 4.0,
+           "data_wait_share": 0.05, "speedup": 1.0, "efficiency": 1.0, "ddp_recipe": None, "best_val_dice": 0.8,
+           "best_val_dice_min": 0.78, "best_val_dice_max": 0.82, "test_dice": 0.75, "time_to_target_s": 8.0,
+           "time_to_target_reached": 2, "repeats": [rep, rep], "trial_outside_s": None}
     runs = [{**row, "mode": "experiment", "workers": 1}, {**row, "mode": "data", "workers": 1},
             {**row, "mode": "experiment", "workers": 2, "concurrent_trials": 2, "wall_s": 6.0, "speedup": 10 / 6,
              "efficiency": 10 / 12, "per_epoch_s": 4.4, "trial_compute_s": 4.4},
             {**row, "mode": "data", "workers": 2, "workers_per_trial": 2, "wall_s": 8.0, "speedup": 1.25,
-             "efficiency": 0.625, "per_epoch_s": 2.6, "trial_compute_s": 2.6, "startup_s": 4.0}]
+             "efficiency": 0.625, "per_epoch_s": 2.6, "trial_compute_s": 2.6, "startup_s": 4.0,
+             "ddp_recipe": "global-batch", "time_to_target_s": None, "time_to_target_reached": 0}]
     settings = {"trials": 2, "epochs": 1, "train_cases": 6, "val_cases": 1, "batch_size": 2, "param_bytes": 40_000,
-                "model_params": 10_000, "image_shape": [4, 24, 24, 21], "cpus_per_worker": 1.0,
-                "gpus_per_worker": 0.0, "base_config": {"model": "unet3d"}}
-    return {"runs": runs, "settings": settings,
+                "model_params": 10_000, "image_shape": [4, 24, 24, 21], "cpus_per_worker": 1.0, "repeats": 2,
+                "gpus_per_worker": 0.0, "base_config": {"model": "unet3d", "norm": "bn"}, "ddp_recipes": ["global-batch"],
+                "target_dice": 0.76, "target_dice_rule": "0.95 x best val Dice reached"}
+    return {"format": 2, "runs": runs, "settings": settings, "code": {"code_version": "abc", "git_commit": None},
             "machine": {"cpus": 2, "gpus": 0, "torch": "x", "ray": "y", "load_after": 0.2}}
 
 
@@ -73,42 +101,80 @@ def test_markdown_and_plot_from_a_bench(tmp_path):
     bench = _fake_bench()
     text = bench_markdown(bench)
     assert "| experiment | 2 |" in text and "in-sample" in text and "x12-14" in text
+    assert "| data (global-batch) | 2 | 2 | 1 | 8.0 [9.5-11.0] |" in text and "not reached" in text
+    assert "time to Dice 0.760" in text and "| 0.80 | 0.75 |" in text
     write_plot(bench, tmp_path / "speedup.png")
     assert (tmp_path / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_are_reused_only_for_the_same_settings_and_code(tmp_path, monkeypatch, cache_dir):
+    """A finished run with the same settings and code is reused; an interrupted one resumed; one made by
+    other code is moved to runs/stale/ and run again."""
+    from voxtune.parallel import tune as T
+    from voxtune.parallel.tune import SearchSettings
+
+    calls = []
+
+    def fake_search(run_dir, settings=None, *, address=None, resume=False):
+        calls.append("resume" if resume else "run")
+        if not resume:
+            (run_dir / "search.json").write_text(json.dumps(asdict(settings)))
+        summary = {"interrupted": False, "status": {"finished": 1}, "searched": ["lr"]}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return {**summary, "rows": []}
+
+    monkeypatch.setattr(T, "run_search", fake_search)
+    settings = lambda: SearchSettings(cache_dir=str(cache_dir), space={"lr": {"grid": [0.001]}})  # noqa: E731
+    assert B._run_one(tmp_path, "experiment-w1-r1", settings(), None)[1] == "ran"
+    assert B._run_one(tmp_path, "experiment-w1-r1", settings(), None)[1] == "reused"
+    run = tmp_path / "runs" / "experiment-w1-r1"
+    (run / "summary.json").write_text(json.dumps({"interrupted": True, "status": {"interrupted": 1}}))
+    assert B._run_one(tmp_path, "experiment-w1-r1", settings(), None)[1] == "resumed"
+    monkeypatch.setattr(B, "code_version", lambda: "other-code")
+    assert B._run_one(tmp_path, "experiment-w1-r1", settings(), None)[1] == "ran"
+    assert (tmp_path / "runs" / "stale" / "experiment-w1-r1" / "summary.json").exists()
+    assert calls == ["run", "resume", "run"]
+
+
 @pytest.mark.slow
 def test_bench_end_to_end(cache_dir, tmp_path):
-    """2 trials x 1 epoch, experiment and data at 1 and 2 workers: 3 Ray searches (~1-3 min here).
-
-    Runs the real command in a subprocess, as a user would: Ray pickles the Tuner's callbacks, which
-    must not hold pytest's captured streams.
-    """
+    """2 trials x 2 epochs, experiment and data (global batch) at 1 and 2 workers: 3 Ray searches; then the
+    same command again reuses all of them. Runs the real command in a subprocess, as a user would."""
     out = tmp_path / "bench"
     # A private Ray instance: without RAY_ADDRESS=local, ray.init() joins any cluster started on this box.
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    done = subprocess.run([sys.executable, "-m", "voxtune.cli", "bench", "--cache", str(cache_dir), "--out",
-                           str(out), "--workers", "1", "2", "--modes", "experiment", "data", "--trials", "2",
-                           "--epochs", "1", "--set", "filter_start=4"], env=env, capture_output=True, text=True,
-                          timeout=900)
+    cmd = [sys.executable, "-m", "voxtune.cli", "bench", "--cache", str(cache_dir), "--out", str(out), "--workers",
+           "1", "2", "--modes", "experiment", "data", "--trials", "2", "--epochs", "2", "--set", "filter_start=4",
+           "--set", "lr=0.005"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    printed = done.stdout
-    assert printed.count("[bench ") == 6  # a start and an end line for each of the 3 searches
+    assert done.stdout.count("[bench ") == 6  # a start and an end line for each of the 3 searches
     bench = json.loads((out / "bench.json").read_text())
     keys = {"mode", "workers", "workers_per_trial", "concurrent_trials", "wall_s", "speedup", "efficiency",
-            "trial_compute_s", "startup_s", "idle_worker_s", "per_epoch_s", "data_wait_share"}
+            "trial_compute_s", "startup_s", "idle_worker_s", "per_epoch_s", "data_wait_share", "best_val_dice",
+            "test_dice", "time_to_target_s", "ddp_recipe", "wall_s_min", "wall_s_max"}
     assert [(r["mode"], r["workers"]) for r in bench["runs"]] == [("experiment", 1), ("experiment", 2),
                                                                   ("data", 1), ("data", 2)]
     for r in bench["runs"]:
         assert keys <= set(r) and r["status"] == {"finished": 2}, r
-        assert r["wall_s"] > 0 and 0 <= r["data_wait_share"] <= 1
-        assert r["efficiency"] == pytest.approx(r["speedup"] / r["workers"])
+        assert r["wall_s"] > r["startup_s"] > 0 and 0 <= r["data_wait_share"] <= 1
+        assert 0 <= r["best_val_dice"] <= 1 and 0 <= r["test_dice"] <= 1
+        assert len(r["repeats"]) == 1 and len(r["repeats"][0]["val_dice"]) == 2
         if r["workers"] == 1:
-            assert r["speedup"] == 1.0 and r["run"] == "runs/experiment-w1"
+            assert r["speedup"] == 1.0 and r["run"] == "runs/experiment-w1-r1"
     data2 = next(r for r in bench["runs"] if r["mode"] == "data" and r["workers"] == 2)
-    assert (data2["workers_per_trial"], data2["concurrent_trials"]) == (2, 1)
-    assert {"cpus", "gpus", "torch", "ray"} <= set(bench["machine"])
-    assert bench["settings"]["trials"] == 2 and len(bench["settings"]["configs"]) == 2
+    assert (data2["workers_per_trial"], data2["concurrent_trials"], data2["ddp_recipe"]) == (2, 1, "global-batch")
+    configs = [json.loads((out / data2["run"] / "search.json").read_text())["base_config"]]
+    assert configs[0]["batch_size"] == 1 and configs[0]["scale_lr"] is False  # 2 ranks x 1 = the global batch 2
+    settings = bench["settings"]
+    assert settings["target_dice"] == pytest.approx(0.95 * max(r["best_val_dice"] for r in bench["runs"]))
+    assert bench["code"]["code_version"] and bench["format"] == 2
     assert (out / "speedup.png").stat().st_size > 1000
-    assert "| data | 2 |" in (out / "bench.md").read_text()
-    assert not (out / "runs" / "data-w1").exists()  # the 1-worker run is shared, not repeated
+    assert "| data (global-batch) | 2 |" in (out / "bench.md").read_text()
+    assert not (out / "runs" / "data-w1-r1").exists()  # the 1-worker run is shared, not repeated
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count(": reused, wall") == 3
+    assert [r["how"] for row in json.loads((out / "bench.json").read_text())["runs"] for r in row["repeats"]] \
+        == ["reused"] * 4

@@ -12,17 +12,18 @@ from voxtune.cli import main
 from voxtune.errors import VoxtuneError
 
 # A model with round numbers: 8 train cases at batch 2 (4 steps), 2 val cases, 1 s a step.
-TRUTH = P.Model(train_cases=8, val_cases=2, batch_size=2, epochs=3, step_s=1.0, param_bytes=1_000_000,
+TRUTH = P.MakespanModel(train_cases=8, val_cases=2, batch_size=2, epochs=3, step_s=1.0, param_bytes=1_000_000,
                 beta_s_per_byte=1e-8, startup_s=4.0, group_startup_s=3.0, trial_overhead_s=1.0,
                 group_overhead_s=0.5, contention={1: 1.0, 2: 1.1}, startup_contention={1: 1.0, 2: 1.5})
 PLAIN = replace(TRUTH, startup_s=0.0, group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0,
                 contention={1: 1.0}, startup_contention={1: 1.0}, beta_s_per_byte=0.0)
 
 
-def fake_bench(m: P.Model = TRUTH, trials: int = 4) -> dict:
-    """A bench.json whose runs are exactly what `m` predicts (ray.init 2 s, outside wall as in tune.py;
-    1 s of each start-up is the first trials' warm-up: 1.3 s outside the loop against a later trial's 0.3 s)."""
+def fake_bench(m: P.MakespanModel = TRUTH, trials: int = 4) -> dict:
+    """A bench.json whose runs are exactly what `m` predicts (start-up: Ray up to the first epoch, as tune.py
+    measures it; ray.init's 2 s are outside the wall time)."""
     runs = []
+    recipe = "global-batch" if m.global_batch else "scale-lr"
     for mode, w, k in [("experiment", 1, 1), ("data", 1, 1), ("experiment", 2, 1), ("data", 2, 2)]:
         p = P.predict(m, w, trials, k)
         running = min(w // k, trials)
@@ -30,16 +31,38 @@ def fake_bench(m: P.Model = TRUTH, trials: int = 4) -> dict:
         start = m.startup(running * k, k)
         runs.append({"mode": mode, "workers": w, "workers_per_trial": k, "concurrent_trials": w // k,
                      "wall_s": p["predicted_wall_s"], "trial_compute_s": m.epochs * epoch, "per_epoch_s": epoch,
-                     "startup_s": 2.0 + start - 1.0, "ray_init_s": 2.0, "first_trial_outside_s": 1.3,
-                     "trial_outside_s": 0.3 if trials > w // k else None, "speedup": 1.0, "efficiency": 1.0,
-                     "idle_worker_s": 0.0, "data_wait_share": 0.1})
+                     "startup_s": start, "ray_init_s": 2.0, "trial_outside_s": 0.3 if trials > w // k else None,
+                     "speedup": 1.0, "efficiency": 1.0, "idle_worker_s": 0.0, "data_wait_share": 0.1,
+                     "ddp_recipe": recipe if k > 1 else None})
     settings = {"trials": trials, "epochs": m.epochs, "train_cases": m.train_cases, "val_cases": m.val_cases,
-                "batch_size": m.batch_size, "param_bytes": m.param_bytes}
-    return {"runs": runs, "settings": settings, "machine": {"cpus": 2}}
+                "batch_size": m.batch_size, "param_bytes": m.param_bytes, "ddp_recipes": [recipe]}
+    return {"format": 2, "runs": runs, "settings": settings, "machine": {"cpus": 2}}
 
 
 def test_steps_shrink_with_workers_at_same_per_replica_batch():
     assert [P.steps(TRUTH, k) for k in (1, 2, 4, 8)] == [4, 2, 1, 1]
+
+
+def test_a_global_batch_keeps_the_steps_and_splits_their_compute():
+    """The global-batch recipe: K ranks of batch/K take the 1-worker run's steps, each step 1/K of the compute."""
+    m = replace(PLAIN, global_batch=True)
+    assert [P.steps(m, k) for k in (1, 2)] == [4, 4]
+    assert P.compute_epoch_s(m, 2, 2) == pytest.approx(P.compute_epoch_s(PLAIN, 2, 2))
+    assert P.steps(m, 2) * P.allreduce_s(TRUTH, 2) == 2 * P.steps(TRUTH, 2) * P.allreduce_s(TRUTH, 2)
+
+
+def test_calibration_recovers_a_global_batch_model():
+    truth = replace(TRUTH, global_batch=True)
+    m = P.calibrate(fake_bench(truth))
+    assert m.global_batch and m.beta_s_per_byte == pytest.approx(truth.beta_s_per_byte, rel=1e-6)
+    assert all(abs(e["error_pct"]) < 1e-6 for e in P.model_error(fake_bench(truth)))
+
+
+def test_an_old_bench_json_is_refused_for_calibration(tmp_path, capsys):
+    old = fake_bench()
+    del old["format"]
+    assert main(["plan", "--calibration", _write(tmp_path, "old.json", old), "--workers", "2", "--trials", "4"]) == 2
+    assert "format None" in capsys.readouterr().err
 
 
 def test_waves_and_tail_idle():

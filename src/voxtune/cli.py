@@ -134,7 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     base = load_config(args.config, overrides).to_dict()
     run_bench(args.cache, args.out, workers=args.workers, modes=args.modes, trials=args.trials, space=args.space,
               workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-              gpus_per_worker=args.gpus_per_worker, base_config=base, address=args.address)
+              gpus_per_worker=args.gpus_per_worker, base_config=base, address=args.address,
+              recipes=args.ddp_recipe, repeats=args.repeats, target_dice=args.target_dice)
     return 0
 
 
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one training run on one worker")
     p.add_argument("--cache", required=True, help="cache folder made by `voxtune prepare`")
     p.add_argument("--out", required=True, help="run folder (re-running into it resumes)")
-    p.add_argument("--config", help="train config YAML")
+    p.add_argument("--config", help="train config YAML, or 'paper' (the published recipe)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this process may use)")
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions pack trials on one GPU")
     p.add_argument("--address", help="join a running Ray cluster (multi-node), e.g. HEAD_IP:6379")
-    p.add_argument("--config", help="train config YAML for the keys the space does not search")
+    p.add_argument("--config", help="train config YAML for the keys the space does not search, or 'paper'")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=cmd_tune)
@@ -255,8 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--address", help="join a running Ray cluster")
-    p.add_argument("--config", help="train config YAML")
+    p.add_argument("--config", help="train config YAML, or 'paper' (the published recipe)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--ddp-recipe", nargs="+", default=["global-batch"],
+                   help="how DDP trials stay comparable: global-batch (each of K ranks takes batch/K: the 1-worker "
+                        "problem; default) and/or scale-lr (full batch per rank, lr x K, as the paper)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per point; tables give median, min and max")
+    p.add_argument("--target-dice", type=float,
+                   help="time-to-target Dice (default: 0.95 x the best val Dice any run reached)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plan", help="predict the makespan of every mode and split; recommend one")

@@ -50,7 +50,7 @@ def run_demo(out: str | Path, epochs: int = 8, cases: int = 12, size: int = 48) 
     report = write_report(run)
     print(f"""
 done: {summary['trials']} trials; search wall time {summary['wall_time_s'] or 0:.0f}s, Ray and worker start-up
-{summary['startup_s']:.0f}s. Where everything went:
+{summary['startup_s'] or 0:.0f}s. Where everything went:
   dataset      {msd}
   cache        {cache}
   leaderboard  {run / 'leaderboard.csv'}

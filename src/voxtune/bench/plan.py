@@ -3,10 +3,11 @@
 N workers, M trials, K workers per trial (experiment K = 1, data K = N, hybrid 1 < K < N, K | N):
 C = N / K trials run at once, in waves of C; the last (tail) wave may leave workers idle.
 
-    epoch(K)  = contention(busy) * (steps(K) * step_s + ceil(val / K) * val_case_s)
+    epoch(K)  = contention(busy) * (steps(K) * step_s * b(K) / batch + ceil(val / K) * val_case_s)
                 + steps(K) * allreduce(K)
-    steps(K)  = ceil(ceil(train / K) / batch)        each DDP rank gets 1/K of the cases at the
-                                                     same per-replica batch, so steps shrink by K
+    steps(K)  = ceil(ceil(train / K) / b(K))         each DDP rank gets 1/K of the cases; its batch
+                                                     b(K) is batch (the paper's recipe: steps shrink
+                                                     by K) or batch / K (global batch: they do not)
     allreduce = 2 (K-1)/K * param_bytes * beta + alpha * (K-1)      ring all-reduce; beta is
                                                      INTER_NODE_FACTOR times slower once K > G
     trial(K)  = overhead(K) + epochs * epoch(K)
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from voxtune.bench.benchmark import FORMAT
 from voxtune.errors import VoxtuneError
 
 # A whole-volume validation case costs this fraction of one training case (forward only ~ 1/3 of
@@ -44,7 +46,7 @@ INTER_NODE_FACTOR = 8.0
 
 
 @dataclass
-class Model:
+class MakespanModel:
     """Every constant of the makespan model; times in seconds, sizes in cases and bytes."""
 
     train_cases: int
@@ -62,6 +64,9 @@ class Model:
     # The same for start-up: w workers importing torch and building models at once share the node too.
     startup_contention: dict[int, float] = field(default_factory=lambda: {1: 1.0})
     source: str = "default"
+    # DDP recipe: False = each rank takes batch_size (the paper's, lr x K); True = the global batch of
+    # batch_size is split over the K ranks (voxtune bench's default: the 1-worker problem).
+    global_batch: bool = False
 
     @property
     def val_case_s(self) -> float:
@@ -92,18 +97,24 @@ def _interpolate(points: dict[int, float], x: int) -> float:
 # net is ~730 GFLOP forward+backward per sample (torch FlopCounter), 1.46 TFLOP a batch-2 step, at an
 # assumed ~2.5 TFLOPS effective fp32 on a V100 (small-channel 3D convs are memory-bound) -> 0.6 s.
 # Start-up and overheads are typical Ray-on-SLURM values, not measurements.
-DEFAULTS = Model(train_cases=339, val_cases=72, batch_size=2, epochs=20, step_s=0.6, param_bytes=351_457 * 4,
+DEFAULTS = MakespanModel(train_cases=339, val_cases=72, batch_size=2, epochs=20, step_s=0.6, param_bytes=351_457 * 4,
                  beta_s_per_byte=1 / 80e9, startup_s=15.0, group_startup_s=20.0, trial_overhead_s=5.0,
                  group_overhead_s=5.0, source="default constants for the paper's setting (3D U-Net filter_start 8"
                  " on 240x240x152x4, V100, batch 2, 20 epochs, 339 train / 72 val cases); not measured")
 PAPER_SPEEDUP = (12, 14)  # Berral et al. 2022: experiment parallelism, 32 trials on 32 GPUs
 
 
-def steps(m: Model, k: int) -> int:
-    return math.ceil(math.ceil(m.train_cases / k) / m.batch_size)
+def rank_batch(m: MakespanModel, k: int) -> int:
+    """Each rank's batch in a k-worker trial."""
+    return max(1, m.batch_size // k) if m.global_batch and k > 1 else m.batch_size
 
 
-def allreduce_s(m: Model, k: int, gpus_per_node: int | None = None) -> float:
+def steps(m: MakespanModel, k: int) -> int:
+    """Optimiser steps (and all-reduces) per epoch of a k-worker trial."""
+    return math.ceil(math.ceil(m.train_cases / k) / rank_batch(m, k))
+
+
+def allreduce_s(m: MakespanModel, k: int, gpus_per_node: int | None = None) -> float:
     """One gradient all-reduce over k ranks (ring: each rank sends and receives 2(k-1)/k of the bytes)."""
     if k <= 1:
         return 0.0
@@ -111,12 +122,13 @@ def allreduce_s(m: Model, k: int, gpus_per_node: int | None = None) -> float:
     return 2 * (k - 1) / k * m.param_bytes * beta + ALPHA_S * (k - 1)
 
 
-def compute_epoch_s(m: Model, k: int, busy: int) -> float:
+def compute_epoch_s(m: MakespanModel, k: int, busy: int) -> float:
     """Per-epoch compute of one rank of a k-worker trial while `busy` workers share its node."""
-    return m.slowdown(busy) * (steps(m, k) * m.step_s + math.ceil(m.val_cases / k) * m.val_case_s)
+    step_s = m.step_s * rank_batch(m, k) / m.batch_size  # a step's compute scales with its batch
+    return m.slowdown(busy) * (steps(m, k) * step_s + math.ceil(m.val_cases / k) * m.val_case_s)
 
 
-def predict(m: Model, workers: int, trials: int, k: int, gpus_per_node: int | None = None) -> dict[str, Any]:
+def predict(m: MakespanModel, workers: int, trials: int, k: int, gpus_per_node: int | None = None) -> dict[str, Any]:
     """Predicted makespan of M trials on N workers, K per trial, and the worker-seconds left idle."""
     slots = workers // k
     full, tail = trials // slots, trials % slots  # full waves hold `slots` trials; the tail wave the rest
@@ -142,25 +154,27 @@ def splits(workers: int) -> list[int]:
     return [k for k in range(1, workers + 1) if workers % k == 0]
 
 
-def calibrate(bench: dict[str, Any]) -> Model:
+def calibrate(bench: dict[str, Any]) -> MakespanModel:
     """Fit the model's constants to a bench.json (see the module docstring for which run gives what)."""
+    if bench.get("format") != FORMAT:
+        raise VoxtuneError(f"not a usable bench.json: format {bench.get('format')!r}, this voxtune reads format "
+                           f"{FORMAT}; run `voxtune bench` again")
     try:
         s, runs = bench["settings"], bench["runs"]
         one = next(r for r in runs if r["workers"] == 1)
-        m = Model(train_cases=int(s["train_cases"]), val_cases=int(s["val_cases"]), batch_size=int(s["batch_size"]),
-                  epochs=int(s["epochs"]), step_s=0.0, param_bytes=int(s["param_bytes"]), beta_s_per_byte=0.0,
-                  startup_s=0.0, group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0,
-                  source="calibrated")
+        # The DDP recipe of the runs the all-reduce cost is fitted on: the bench's first.
+        recipe = (s.get("ddp_recipes") or ["scale-lr"])[0]
+        m = MakespanModel(train_cases=int(s["train_cases"]), val_cases=int(s["val_cases"]),
+                          batch_size=int(s["batch_size"]), epochs=int(s["epochs"]), step_s=0.0,
+                          param_bytes=int(s["param_bytes"]), beta_s_per_byte=0.0, startup_s=0.0,
+                          group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0, source="calibrated",
+                          global_batch=recipe == "global-batch")
         trials = int(s["trials"])
         m.step_s = one["per_epoch_s"] / (steps(m, 1) + m.val_cases * VAL_RATIO / m.batch_size)
-        # Start-up as the model sees it: worker start (wall excludes ray.init) + the first trial's warm-up on
-        # each slot, i.e. what its first trials spent outside the loop beyond a later 1-worker trial.
-        usual = one.get("trial_outside_s")
-        usual = one.get("first_trial_outside_s", 0.0) if usual is None else usual
 
         def search_start(r: dict[str, Any]) -> float:
-            warmup = max(0.0, r.get("first_trial_outside_s", usual) - usual)
-            return max(0.0, r["startup_s"] - r["ray_init_s"]) + warmup
+            """Ray up to the first epoch's start: worker processes, imports, DDP groups, model build."""
+            return r["startup_s"] or 0.0
 
         m.startup_s = search_start(one)
         m.trial_overhead_s = max(0.0, (one["wall_s"] - m.startup_s - trials * one["trial_compute_s"]) / trials)
@@ -170,7 +184,7 @@ def calibrate(bench: dict[str, Any]) -> Model:
                                    for r in spread}
         m.startup_contention = {1: 1.0} | {min(r["workers"], trials): max(1.0, search_start(r) / m.startup_s)
                                            for r in spread if m.startup_s > 0}
-        groups = [r for r in runs if r["workers_per_trial"] > 1]
+        groups = [r for r in runs if r["workers_per_trial"] > 1 and r.get("ddp_recipe") == recipe]
         xs, ys, starts, overheads = [], [], [], []
         for r in groups:
             k = r["workers_per_trial"]
@@ -206,7 +220,7 @@ def _read_bench(path: str | Path, flag: str) -> dict[str, Any]:
     return bench
 
 
-def _calibrated(bench: dict[str, Any], path: str | Path) -> Model:
+def _calibrated(bench: dict[str, Any], path: str | Path) -> MakespanModel:
     """calibrate(bench), its errors naming the --calibration file."""
     try:
         return replace(calibrate(bench), source=f"calibrated from {path}")
@@ -214,11 +228,11 @@ def _calibrated(bench: dict[str, Any], path: str | Path) -> Model:
         raise VoxtuneError(f"--calibration {path}: {exc}") from None
 
 
-def load_calibration(path: str | Path | None) -> Model:
+def load_calibration(path: str | Path | None) -> MakespanModel:
     return DEFAULTS if path is None else _calibrated(_read_bench(path, "--calibration"), path)
 
 
-def plan(m: Model, workers: int, trials: int, gpus_per_node: int | None = None) -> dict[str, Any]:
+def plan(m: MakespanModel, workers: int, trials: int, gpus_per_node: int | None = None) -> dict[str, Any]:
     """Predictions for every split of N workers and the fastest (ties go to fewer workers per trial)."""
     if workers < 1:
         raise VoxtuneError(f"--workers {workers}: need at least 1")
@@ -236,7 +250,7 @@ def plan(m: Model, workers: int, trials: int, gpus_per_node: int | None = None) 
             "model": {k: v for k, v in asdict(m).items() if k != "source"}}
 
 
-def sweep_speedups(m: Model, trials: int, gpus_per_node: int | None = None, top: int = 256) -> list[dict[str, Any]]:
+def sweep_speedups(m: MakespanModel, trials: int, gpus_per_node: int | None = None, top: int = 256) -> list[dict[str, Any]]:
     """Predicted speed-up per mode at 1, 2, 4, ..., `top` workers; hybrid is its best K."""
     serial = predict(m, 1, trials, 1, gpus_per_node)["predicted_wall_s"]
     rows, n = [], 1
@@ -252,7 +266,7 @@ def sweep_speedups(m: Model, trials: int, gpus_per_node: int | None = None, top:
     return rows
 
 
-def predict_runs(m: Model, bench: dict[str, Any]) -> list[dict[str, Any]]:
+def predict_runs(m: MakespanModel, bench: dict[str, Any]) -> list[dict[str, Any]]:
     """Predict each run of a bench.json with model m, at that bench's trials, epochs and case counts:
     [{mode, workers, workers_per_trial, measured, predicted, error_pct}]."""
     try:
@@ -261,11 +275,14 @@ def predict_runs(m: Model, bench: dict[str, Any]) -> list[dict[str, Any]]:
                     batch_size=int(s["batch_size"]), epochs=int(s["epochs"]))
         trials, out, seen = int(s["trials"]), [], set()
         for r in bench["runs"]:
-            if (r["workers"], r["workers_per_trial"]) in seen:  # W = 1 is one run listed under several modes
+            key = (r["workers"], r["workers_per_trial"], r.get("ddp_recipe"))
+            if key in seen:  # W = 1 is one run listed under several modes
                 continue
-            seen.add((r["workers"], r["workers_per_trial"]))
-            p = predict(m, r["workers"], trials, r["workers_per_trial"])["predicted_wall_s"]
-            out.append({"mode": r["mode"], "workers": r["workers"], "workers_per_trial": r["workers_per_trial"],
+            seen.add(key)
+            run_model = replace(m, global_batch=r.get("ddp_recipe") == "global-batch")
+            p = predict(run_model, r["workers"], trials, r["workers_per_trial"])["predicted_wall_s"]
+            out.append({"mode": r["mode"], "ddp_recipe": r.get("ddp_recipe"), "workers": r["workers"],
+                        "workers_per_trial": r["workers_per_trial"],
                         "trials": trials, "epochs": m.epochs, "measured": r["wall_s"], "predicted": p,
                         "error_pct": 100 * (p - r["wall_s"]) / r["wall_s"] if r["wall_s"] else float("nan")})
     except (KeyError, TypeError, ValueError) as exc:
@@ -359,7 +376,7 @@ def format_plan(result: dict[str, Any]) -> str:
                       f"{b['concurrent_trials']} at once): {_hours(b['predicted_wall_s'])} predicted"])
 
 
-def format_sweep(rows: list[dict[str, Any]], m: Model, trials: int) -> str:
+def format_sweep(rows: list[dict[str, Any]], m: MakespanModel, trials: int) -> str:
     out = [f"predicted speed-up vs 1 worker, {trials} trials (model: {m.source})",
            f"{'workers':>7}  {'experiment':>10}  {'data':>8}  {'hybrid (K)':>12}"]
     for r in rows:

@@ -18,6 +18,15 @@ def trained(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records)}
 
 
+def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -> float | None:
+    """When the first epoch that ended after `since` (a search's start) began, over every trial: the end
+    of a search's start-up (workers, imports, DDP groups, model build), or None when none trained."""
+    starts = [r["end_ts"] - r["epoch_time_s"] for row in rows
+              for r in read_json(run_dir / "trials" / row["trial_id"] / "metrics.json", [])
+              if r.get("end_ts", 0) >= since]
+    return min(starts, default=None)
+
+
 def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per trial folder, best validation epoch's metrics, sorted by val_dice (best first)."""
     rows = []

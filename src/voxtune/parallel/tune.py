@@ -20,9 +20,10 @@ from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
 from voxtune.parallel import outputs
+from voxtune.parallel.modes import MODES
 from voxtune.parallel.space import count_trials, load_space, to_tune, validate_space
+from voxtune.provenance import code_version, git_commit
 
-MODES = ("experiment", "data", "hybrid")
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
 
@@ -73,6 +74,9 @@ class SearchSettings:
             raise VoxtuneError("--mode hybrid needs --workers-per-trial K (DDP workers in each trial)")
         if self.mode == "experiment" and self.workers_per_trial not in (None, 1):
             raise VoxtuneError("--mode experiment runs one worker per trial; drop --workers-per-trial or use hybrid")
+        if self.mode == "data" and self.workers_per_trial not in (None, self.workers):
+            raise VoxtuneError(f"--mode data runs every trial over all --workers {self.workers}; drop "
+                               "--workers-per-trial or use --mode hybrid")
         if k < 1 or self.workers % k:
             raise VoxtuneError(f"--workers-per-trial {k} must divide --workers {self.workers}")
         return k
@@ -258,23 +262,23 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         finished = [r for r in rows if r["status"] in ("finished", "stopped") and r["val_dice"] != ""]
         best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
         ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
-        this_run = [r["attempt_start_ts"] for r in rows if r["attempt_start_ts"] != "" and r["attempt_start_ts"] >= t_search]
+        first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search)
         summary = {
             "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
             "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
             "gpus_per_worker": settings.gpus_per_worker, "search": settings.search,
             "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
             "status": outputs.status_counts(rows), "interrupted": interrupted,
+            # The timing fields, as the README's glossary defines them (every span in seconds):
             "ray_init_s": ray_init_s,
-            # start-up: ray.init, then Ray up until the first trial's function starts (its imports
-            # and DDP group start come after, inside the trial); wall time: Ray up to the last
-            # trial's end, so worker and DDP group start-up count against every mode alike.
-            "startup_s": ray_init_s + (min(this_run) - t_search if this_run else 0.0),
+            "search_start_ts": t_search,
+            "startup_s": first_epoch - t_search if first_epoch is not None else None,
             "wall_time_s": (max(ends) - t_search) if ends else None,
             "command_time_s": time.perf_counter() - t_command,
             "nodes": len({r["node"] for r in rows if r["node"]}),
             "best_trial": best["trial_id"] if best else None,
             "cluster": ray.cluster_resources(),
+            "code_version": code_version(), "git_commit": git_commit(),
         }
         write_json(run_dir / "summary.json", summary)
         summary["rows"] = rows

@@ -219,7 +219,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
                       "val_dice": sum(dice) / len(dice),
                       **{f"val_dice_{name}": d for name, d in zip(regions, dice)},
                       "epoch_time_s": epoch_time, "train_s": train_s, "train_samples": int(train_seen),
-                      "data_wait_s": wait, "bn_stats_s": bn_stats_s,
+                      "data_wait_s": wait, "bn_stats_s": bn_stats_s, "end_ts": time.time(),
                       "workers": world}
             records.append(record)
 

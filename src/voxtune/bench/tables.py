@@ -1,0 +1,124 @@
+"""What `voxtune bench` shows: bench.md (the table, the model's error, the paper's setting) and speedup.png
+(speed-up and best validation Dice against workers). Field names follow the README's timing glossary."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from voxtune.parallel.modes import MODES
+
+
+def label(row: dict[str, Any]) -> str:
+    """A run's name in tables and legends: its mode, and its DDP recipe when it has one."""
+    return row["mode"] + (f" ({row['ddp_recipe']})" if row.get("ddp_recipe") else "")
+
+
+def write_plot(bench: dict[str, Any], path: Path) -> None:
+    """Left: speed-up vs workers, a line per mode and recipe, and the ideal. Right: the best validation
+    Dice each search reached (median over repeats, bars from min to max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, qx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    workers = sorted({r["workers"] for r in bench["runs"]})
+    ax.plot(workers, workers, "k--", lw=1, label="ideal")
+    base = next(r for r in bench["runs"] if r["workers"] == 1)
+    lines = dict.fromkeys((r["mode"], r.get("ddp_recipe")) for r in bench["runs"] if r["workers"] > 1)
+    for (mode, recipe), (marker, style) in zip(lines, zip("osD^v<>", ("-", "-.", ":", "--", "-", "-.", ":"))):
+        rows = [r for r in bench["runs"] if (r["mode"], r.get("ddp_recipe")) == (mode, recipe) and r["workers"] > 1]
+        if mode != "hybrid":
+            rows.insert(0, base)  # the shared 1-worker search starts every experiment and data line
+        name = label({"mode": mode, "ddp_recipe": recipe})
+        ax.plot([r["workers"] for r in rows], [r["speedup"] for r in rows], marker=marker, linestyle=style,
+                markersize=8, label=name)
+        dice = [r["best_val_dice"] or 0.0 for r in rows]
+        spread = [[d - r["best_val_dice_min"] for d, r in zip(dice, rows)],
+                  [r["best_val_dice_max"] - d for d, r in zip(dice, rows)]]
+        qx.errorbar([r["workers"] for r in rows], dice, yerr=spread, marker=marker, linestyle=style, capsize=3,
+                    label=name)
+    for axis in (ax, qx):
+        if len(workers) > 2:
+            axis.set_xscale("log", base=2)
+        axis.set_xticks(workers, [str(w) for w in workers])
+        axis.set_xlabel("workers (CPU cores or GPUs)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    s = bench["settings"]
+    ax.set_ylabel("speed-up vs 1 worker (median wall time)")
+    ax.set_ylim(0, max(workers) * 1.08)  # from 0: a cropped axis would exaggerate the gap between modes
+    ax.set_title(f"{s['trials']} trials x {s['epochs']} epoch(s), {s['repeats']} repeat(s)", fontsize=10)
+    qx.set_ylabel("best val Dice of the search")
+    qx.set_ylim(0, 1.02)
+    qx.axhline(s["target_dice"], color="grey", lw=1, ls=":")
+    qx.set_title(f"quality (dotted: the time-to-target Dice, {s['target_dice']:.3f})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
+
+
+def _span(row: dict[str, Any], key: str) -> str:
+    if row[key] is None:
+        return "-"
+    low, high = row.get(f"{key}_min"), row.get(f"{key}_max")
+    return f"{row[key]:.1f}" + (f" [{low:.1f}-{high:.1f}]" if low is not None and high is not None else "")
+
+
+def _to_target(row: dict[str, Any]) -> str:
+    reps = len(row["repeats"])
+    if row["time_to_target_s"] is None:
+        return "not reached"
+    return f"{row['time_to_target_s']:.1f}" + (f" ({row['time_to_target_reached']}/{reps})"
+                                               if row["time_to_target_reached"] < reps else "")
+
+
+def bench_markdown(bench: dict[str, Any]) -> str:
+    """bench.md: the measured table, the scaling model's in-sample error, and its paper-setting prediction."""
+    from voxtune.bench.plan import model_error, paper_prediction
+
+    s, m = bench["settings"], bench["machine"]
+    loads = [r.get("load_before") for row in bench["runs"] for r in row["repeats"]] + [m.get("load_after")]
+    recipes = ", ".join(s["ddp_recipes"])
+    out = [f"# voxtune bench: {s['trials']} trials x {s['epochs']} epoch(s), {s['repeats']} repeat(s) per point",
+           "",
+           f"Machine: {m['cpus']} CPUs, {m['gpus']} GPUs ({m.get('gpu_name') or 'none'}), torch {m['torch']}, "
+           f"ray {m['ray']}; voxtune code {bench['code']['code_version']} ({bench['code']['git_commit'] or 'no git'}); "
+           f"1-minute load average around the runs: {', '.join(str(x) for x in loads if x is not None)}.",
+           f"Cache: {s['train_cases']} train / {s['val_cases']} val cases of shape {s['image_shape']}, "
+           f"batch {s['batch_size']}, model {s['base_config']['model']} ({s['model_params']:,} parameters), norm "
+           f"{s['base_config']['norm']}; {s['cpus_per_worker']:g} CPU and {s['gpus_per_worker']:g} GPU per worker; "
+           f"DDP recipe(s): {recipes}.",
+           "",
+           _table(["mode", "workers", "K", "trials at once", "wall s, median [min-max]", "speed-up",
+                   f"time to Dice {s['target_dice']:.3f} s", "best val Dice", "test Dice", "start-up s",
+                   "s/epoch", "idle worker-s", "data wait", "runs"],
+                  [[label(r), r["workers"], r["workers_per_trial"], r["concurrent_trials"], _span(r, "wall_s"),
+                    r["speedup"], _to_target(r), r["best_val_dice"], r["test_dice"], r["startup_s"], r["per_epoch_s"],
+                    r["idle_worker_s"], f"{100 * r['data_wait_share']:.1f}%",
+                    "/".join(sorted({x["how"] for x in r["repeats"]}))] for r in bench["runs"]]),
+           "",
+           "Medians over the repeats. K: workers per trial. Wall: Ray up to the last trial's end. Speed-up: the "
+           "1-worker median wall over this one's. Time to Dice: Ray up until some trial first validated at or above "
+           f"the target ({s['target_dice_rule']}); (n/m): reached in n of m repeats. Best val Dice: the search's best "
+           "trial; test Dice: its best checkpoint on the test split. Start-up: Ray up to the first epoch's start "
+           "(Tune, worker processes, imports, DDP groups, data checks). Idle worker-s: workers x wall - trial "
+           "training time x K. DDP recipes: global-batch = each of the K ranks takes batch/K, the same problem as 1 "
+           "worker; scale-lr = each rank takes the full batch, lr x K (the paper's). Runs: ran, reused (same "
+           "settings and code) or resumed.",
+           "",
+           "## Scaling model vs measured (calibrated on these runs, so this is in-sample error)",
+           "",
+           _table(["mode", "workers", "measured s", "predicted s", "error"],
+                  [[label(e), e["workers"], e["measured"], e["predicted"], f"{e['error_pct']:+.1f}%"]
+                   for e in model_error(bench)]),
+           "",
+           paper_prediction()]
+    return "\n".join(out) + "\n"
