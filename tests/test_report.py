@@ -134,3 +134,29 @@ def test_search_report_without_cache(search_run, tmp_path):
     assert main(["report", "--run", str(run)]) == 0
     page = (run / "report.html").read_text(encoding="utf-8")
     assert "is gone or moved" in page and "Learning curves" in page
+
+
+def test_numbers_are_shown_short_and_ids_as_written():
+    """Trial ids are not numbers, though Python's float() reads 94057_00001 as 9405700001."""
+    from voxtune.formatting import number, short
+
+    assert short("94057_00001") == "94057_00001" and number("94057_00001") is None
+    assert short(0.0005) == "0.0005" and short("0.123456") == "0.1235" and short("12.0") == "12"
+    assert short(None) == "" and short(True) == "true" and short("1e-4") == "0.0001"
+    assert number("nan") is None and number("-2.5") == -2.5
+
+
+def test_report_shows_trial_ids_as_written(tmp_path):
+    from voxtune.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fields = ["trial_id", "lr", "status", "epochs", "val_dice"]
+    with open(run / "leaderboard.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerow({"trial_id": "94057_00001", "lr": "0.001", "status": "finished", "epochs": 2,
+                         "val_dice": 0.5})
+    (run / "summary.json").write_text(json.dumps({"searched": ["lr"], "mode": "experiment"}))
+    text = write_report(run).read_text()
+    assert "94057_00001" in text and "9405700001" not in text

@@ -11,18 +11,10 @@ import sys
 from voxtune.errors import VoxtuneError
 
 
-def _shape(values: list[int] | None) -> tuple[int, int, int] | None:
-    if values is None:
-        return None
-    if any(v < 8 for v in values):
-        raise VoxtuneError(f"--shape {' '.join(map(str, values))}: each size must be >= 8")
-    return tuple(values)
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from voxtune.data.synthetic import make_dataset
 
-    root = make_dataset(args.out, cases=args.cases, shape=_shape(args.shape), seed=args.seed,
+    root = make_dataset(args.out, cases=args.cases, shape=args.shape, seed=args.seed,
                         test_cases=args.test_cases)
     print(f"synthetic MSD dataset: {root}")
     return 0
@@ -31,7 +23,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from voxtune.data.prepare import prepare
 
-    result = prepare(args.source, args.out, shape=_shape(args.shape), labels=args.labels,
+    result = prepare(args.source, args.out, shape=args.shape, labels=args.labels,
                      split=tuple(args.split), seed=args.seed, workers=args.workers,
                      max_voxels=args.max_voxels, image_dtype=args.dtype, normalise=args.normalise)
     print(result.summary())

@@ -24,10 +24,7 @@ import numpy as np
 
 from voxtune.errors import VoxtuneError
 
-# MSD Task01 labels from the BraTS regions: painted in this order so inner regions win
-# (ET -> 3, else TC -> 2, else WT -> 1).
-_REGION_VALUE = {"whole_tumour": 1, "tumour_core": 2, "enhancing_tumour": 3}
-
+from voxtune.data.cache import REGION_LABEL
 
 def resolve_checkpoint(run: str | Path | None = None, checkpoint: str | Path | None = None) -> Path:
     """The best.pt to use: `checkpoint` itself, a search RUN's best trial (best.json), or a train RUN's
@@ -91,41 +88,17 @@ def _sources(source: str | Path) -> list[tuple[str, Path]]:
     return [(case_id_from_path(source.name), source)]
 
 
-def _read_nifti(path: Path, what: str):
-    import gzip
-    import zlib
-
-    import nibabel as nib
-
-    if not path.is_file():
-        raise VoxtuneError(f"{what} {path}: no such file")
-    try:
-        return nib.load(str(path))
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as exc:
-        raise VoxtuneError(f"{what} {path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
-
-
 def read_image(path: Path, channels: int) -> tuple[Any, np.ndarray]:
     """(nibabel image, data float32 [X, Y, Z, C]); shape is checked from the header before decoding."""
+    from voxtune.data.msd import image_shape, nifti_data, open_nifti
     from voxtune.data.prepare import CROP_Z
 
-    img = _read_nifti(path, "image")
-    shape = tuple(img.shape)
-    if len(shape) == 3 and channels == 1:
-        shape = (*shape, 1)
-    if len(shape) != 4:
-        raise VoxtuneError(f"image {path}: shape {tuple(img.shape)} is not 4D (X, Y, Z, C)")
-    if shape[3] != channels:
-        raise VoxtuneError(f"image {path}: {shape[3]} channels, but the run was trained on {channels}")
+    what = f"image {path}"
+    img = open_nifti(path, what)
+    shape = image_shape(img, channels, what)  # channels: what the run was trained on
     if shape[2] <= sum(CROP_Z):
-        raise VoxtuneError(f"image {path}: only {shape[2]} slices on Z; the [2:-1] crop needs more")
-    try:
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-    except (OSError, EOFError, ValueError) as exc:
-        raise VoxtuneError(f"image {path}: truncated or corrupt ({type(exc).__name__}: {exc})") from None
-    if not np.isfinite(data).all():
-        raise VoxtuneError(f"image {path}: holds NaN or infinite values")
-    return img, data
+        raise VoxtuneError(f"{what}: only {shape[2]} slices on Z; the [2:-1] crop needs more")
+    return img, nifti_data(img, shape, what)
 
 
 def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) -> np.ndarray:
@@ -161,19 +134,17 @@ def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) 
 
 def to_label_map(masks: np.ndarray, regions: list[str]) -> np.ndarray:
     """Region masks [R, X, Y, Z] -> MSD labels uint8 [X, Y, Z]: binary 0/1; regions 0, 1 edema,
-    2 non-enhancing, 3 enhancing."""
+    2 non-enhancing, 3 enhancing (painted WT, TC, ET in turn, so the inner regions win)."""
     out = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for name in ("whole_tumour", "tumour_core", "enhancing_tumour"):
+    for name in REGION_LABEL:
         if name in regions:
-            out[masks[regions.index(name)]] = _REGION_VALUE[name] if len(regions) > 1 else 1
+            out[masks[regions.index(name)]] = REGION_LABEL[name] if len(regions) > 1 else 1
     return out
 
 
 def region_masks(label_map: np.ndarray, regions: list[str]) -> np.ndarray:
     """MSD labels [X, Y, Z] -> region masks bool [R, X, Y, Z] (WT {1,2,3}, TC {2,3}, ET {3})."""
-    lowest = {"whole_tumour": 1, "tumour_core": 2, "enhancing_tumour": 3}
-    # TC is {2, 3} and ET {3}: ">= value" gives the nested BraTS regions from MSD labels.
-    return np.stack([label_map >= lowest[name] for name in regions])
+    return np.stack([label_map >= REGION_LABEL[name] for name in regions])
 
 
 def score(pred: np.ndarray, truth: np.ndarray, spacing, regions: list[str]) -> dict[str, float]:
@@ -200,19 +171,15 @@ def score(pred: np.ndarray, truth: np.ndarray, spacing, regions: list[str]) -> d
     return out
 
 
-def _read_truth(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, Any]:
+def _read_truth(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """Ground truth uint8 [X, Y, Z] in MSD label values, checked against the source grid."""
-    img = _read_nifti(path, "label")
-    lshape = tuple(img.shape)
-    if len(lshape) == 4 and lshape[3] == 1:
-        lshape = lshape[:3]
-    if lshape != tuple(shape):
-        raise VoxtuneError(f"label {path}: shape {tuple(img.shape)} differs from the image's {tuple(shape)}")
-    raw = np.asarray(img.dataobj, dtype=np.float32).reshape(lshape)
-    label = np.rint(raw)
-    if not np.array_equal(label, raw) or label.min() < 0 or label.max() > 3:
-        raise VoxtuneError(f"label {path}: values must be integers 0-3 (MSD labels)")
-    return label.astype(np.uint8), img
+    from voxtune.data.msd import label_data, label_shape, open_nifti
+
+    what = f"label {path}"
+    img = open_nifti(path, what)
+    if label_shape(img, what) != tuple(shape):
+        raise VoxtuneError(f"{what}: shape {tuple(img.shape)} differs from the image's {tuple(shape)}")
+    return label_data(img, tuple(shape), {0, *REGION_LABEL.values()}, what)
 
 
 def _write(label_map: np.ndarray, src, path: Path) -> None:
@@ -270,7 +237,7 @@ def predict(run: str | Path | None = None, checkpoint: str | Path | None = None,
             if target.resolve() == path.resolve():
                 raise VoxtuneError(f"--out {out}: would overwrite the input {path}; choose another folder")
             src, image = read_image(path, state["in_channels"])
-            truth = _read_truth(Path(label), image.shape[:3])[0] if label is not None else None
+            truth = _read_truth(Path(label), image.shape[:3]) if label is not None else None
         except VoxtuneError as exc:
             if len(items) == 1:
                 raise

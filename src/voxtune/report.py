@@ -23,6 +23,7 @@ import numpy as np
 
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json
+from voxtune.formatting import number, short
 
 _SORT_JS = """
 document.querySelectorAll('table.sortable').forEach(function (table) {
@@ -88,24 +89,6 @@ _TIMING = {"mode": "mode", "workers": "workers (W)", "workers_per_trial": "worke
 _HIDDEN = ("start_ts", "end_ts", "node_ip")
 
 
-def _num(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
-
-
-def _fmt(value: Any) -> str:
-    """4 significant digits for floats, as-is for the rest (lr 0.0005 stays 0.0005)."""
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value).lower()
-    number = _num(value)
-    if number is None:
-        return str(value)
-    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:.4g}"
-
-
 def _figure_tag(fig, alt: str) -> str:
     """A matplotlib figure as an inline <img> (base64 PNG); closes the figure."""
     import matplotlib.pyplot as plt
@@ -131,10 +114,10 @@ def _table(columns: list[str], rows: list[dict[str, Any]], best: str | None = No
         for c in columns:
             raw = row.get(c, "")
             raw = "" if raw is None else raw
-            shown = _fmt(raw)
+            shown = short(raw)
             if c == "node" and len(shown) > 12:  # Ray node ids are 56 hex digits
                 shown = shown[:8] + "…"
-            text = ' class="text"' if _num(raw) is None else ""
+            text = ' class="text"' if number(raw) is None else ""
             cells.append(f'<td{text} data-v="{html.escape(str(raw))}" title="{html.escape(str(raw))}">'
                          f"{html.escape(shown)}</td>")
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
@@ -143,12 +126,12 @@ def _table(columns: list[str], rows: list[dict[str, Any]], best: str | None = No
 
 
 def _facts(items: list[tuple[str, Any]]) -> str:
-    return '<dl class="facts">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(_fmt(v))}</dd>"
+    return '<dl class="facts">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(short(v))}</dd>"
                                           for k, v in items if v not in (None, "")) + "</dl>"
 
 
 def _cards(items: list[tuple[str, Any]]) -> str:
-    return '<div class="cards">' + "".join(f'<div class="card"><b>{html.escape(_fmt(v))}</b>'
+    return '<div class="cards">' + "".join(f'<div class="card"><b>{html.escape(short(v))}</b>'
                                            f"<span>{html.escape(k)}</span></div>" for k, v in items) + "</div>"
 
 
@@ -203,24 +186,24 @@ def _curves(series: dict[str, list[dict]], best: str | None) -> str:
 def _effects(rows: list[dict], searched: list[str], best: str | None) -> str:
     """Validation Dice per value of each searched hyperparameter: box + jittered points, or a scatter."""
     plt = _plt()
-    done = [r for r in rows if _num(r.get("val_dice")) is not None]
+    done = [r for r in rows if number(r.get("val_dice")) is not None]
     cols = min(len(searched), 4)
     nrows = -(-len(searched) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False, sharey=True)
     rng = np.random.default_rng(0)  # fixed jitter: the same report twice gives the same picture
     for ax, key in zip(axes.flat, searched):
         values = [str(r.get(key, "")) for r in done]
-        dice = np.array([_num(r["val_dice"]) for r in done])
+        dice = np.array([number(r["val_dice"]) for r in done])
         is_best = np.array([r["trial_id"] == best for r in done])
-        numeric = [_num(v) for v in values]
-        levels = sorted(set(values), key=lambda v: (_num(v) is None, _num(v) or 0, v))
+        numeric = [number(v) for v in values]
+        levels = sorted(set(values), key=lambda v: (number(v) is None, number(v) or 0, v))
         if len(levels) <= 8:
             groups = [dice[[v == level for v in values]] for level in levels]
             if max(len(g) for g in groups) >= 3:
                 ax.boxplot(groups, positions=range(len(levels)), widths=0.5, showfliers=False,
                            medianprops={"color": "#1d2b45"})
             pos = np.array([levels.index(v) for v in values]) + rng.uniform(-0.12, 0.12, len(values))
-            ax.set_xticks(range(len(levels)), [_fmt(v) for v in levels])
+            ax.set_xticks(range(len(levels)), [short(v) for v in levels])
             ax.set_xlim(-0.6, len(levels) - 0.4)
         else:  # a continuous search (uniform/loguniform): one point per trial
             pos = np.array([n if n is not None else np.nan for n in numeric])
@@ -248,7 +231,7 @@ def _predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
     from voxtune.data.loader import CaseDataset
     from voxtune.train.evaluate import load_model
     from voxtune.train.metrics import dice_per_region, infer
-    from voxtune.viz import COLOURS, NAMES, _grey, _window
+    from voxtune.viz import COLOURS, NAMES, display_window, grey_slice, without_background
 
     plt = _plt()
     manifest = read_manifest(cache_dir)
@@ -261,18 +244,19 @@ def _predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
     fig, axes = plt.subplots(1, len(ids), figsize=(3.4 * len(ids), 3.9), squeeze=False)
     for i, (ax, cid) in enumerate(zip(axes[0], ids)):
         padded_image, padded_label = cases[i]
-        shape = case_entry(manifest, cid)["image_shape"][1:]
+        entry = case_entry(manifest, cid)
+        shape = entry["image_shape"][1:]
         crop = (slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
         with torch.no_grad():
             logits = infer(model, padded_image[None].float(), state["config"].get("patch_size"))
         logits = logits[(slice(None), *crop)]
-        image, label = padded_image[crop].float().numpy(), padded_label[crop].numpy()
+        image, label = without_background(padded_image[crop].float().numpy(), entry), padded_label[crop].numpy()
         dice = dice_per_region(logits, torch.from_numpy(label[None]))[0].tolist()
         pred = (torch.sigmoid(logits[0]) > 0.5).numpy()
         # The slice with the most tumour in truth (or in the prediction when the truth has none).
         per_z = label[0].sum(axis=(0, 1)) if label[0].any() else pred[0].sum(axis=(0, 1))
         z = int(per_z.argmax()) if per_z.max() > 0 else shape[2] // 2
-        ax.imshow(_grey(image[0, :, :, z], _window(image[0])), cmap="gray", origin="lower",
+        ax.imshow(grey_slice(image[0, :, :, z], display_window(image[0])), cmap="gray", origin="lower",
                   vmin=0, vmax=1, interpolation="bilinear")
         for masks, style in ((label, "solid"), (pred, "dashed")):
             for mask, name in zip(masks[:, :, :, z], regions):
@@ -294,8 +278,8 @@ def _predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
 
 def _timeline(rows: list[dict]) -> str | None:
     """Each trial as a bar from start to end (seconds since the first start), packed into lanes."""
-    spans = sorted((_num(r.get("start_ts")), _num(r.get("end_ts")), r["trial_id"]) for r in rows
-                   if _num(r.get("start_ts")) is not None and _num(r.get("end_ts")) is not None)
+    spans = sorted((number(r.get("start_ts")), number(r.get("end_ts")), r["trial_id"]) for r in rows
+                   if number(r.get("start_ts")) is not None and number(r.get("end_ts")) is not None)
     if not spans:
         return None
     plt = _plt()
@@ -334,7 +318,7 @@ def _find_bench(run: Path, bench: str | Path | None) -> Path | None:
 def _bench_section(path: Path) -> str:
     runs = (read_json(path, {}) or {}).get("runs") or []
     parts = [f"<p>From <code>{html.escape(str(path))}</code>.</p>"]
-    points = [r for r in runs if _num(r.get("workers")) and _num(r.get("speedup"))]
+    points = [r for r in runs if number(r.get("workers")) and number(r.get("speedup"))]
     if points:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -401,7 +385,7 @@ def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
         if records:
             series[r["trial_id"]] = records
     out.append(("Learning curves", _curves(series, best_id) if series else _note("No trial has finished an epoch.")))
-    if searched and any(_num(r.get("val_dice")) is not None for r in rows):
+    if searched and any(number(r.get("val_dice")) is not None for r in rows):
         out.append(("Hyperparameter effects", _effects(rows, searched, best_id)))
 
     cache = settings.get("cache_dir")

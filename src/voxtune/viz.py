@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtune.data.cache import load_case, read_manifest, region_names
+from voxtune.data.cache import case_entry, load_case, read_manifest, region_names
 from voxtune.errors import VoxtuneError
 
 # Region colours (RGB 0-1): WT yellow, TC red, ET cyan; drawn in this order so inner regions show.
@@ -19,7 +19,13 @@ NAMES = {"whole_tumour": "whole tumour", "tumour_core": "tumour core",
          "enhancing_tumour": "enhancing tumour"}
 
 
-def _window(volume: np.ndarray) -> tuple[float, float]:
+def without_background(image: np.ndarray, entry: dict) -> np.ndarray:
+    """image [C, X, Y, Z] shifted so that each channel's background is 0, as the display assumes (a cache
+    normalised over the whole volume holds a negative background)."""
+    return image - np.asarray(entry["background"], dtype=image.dtype)[:, None, None, None]
+
+
+def display_window(volume: np.ndarray) -> tuple[float, float]:
     """Display range: 1st-99.5th percentile of the non-zero (brain) voxels."""
     brain = volume[volume != 0]
     if brain.size == 0:
@@ -28,7 +34,7 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def _grey(slice_2d: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+def grey_slice(slice_2d: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """[X, Y] slice -> display grey [Y, X] in 0-1, background black."""
     lo, hi = window
     grey = np.clip((slice_2d - lo) / (hi - lo), 0, 1)
@@ -68,10 +74,10 @@ def _png(image, label, regions, modalities, case_id, out: Path) -> None:
     fig, axes = plt.subplots(1, n, figsize=(2.0 * n, height), dpi=150)
     fig.subplots_adjust(left=0.005, right=0.995, wspace=0.03, top=1 - 0.5 / height, bottom=0.4 / height)
     for ax, c, name in zip(axes, range(len(modalities)), modalities):
-        ax.imshow(_grey(image[c, :, :, z], _window(image[c])), cmap="gray", origin="lower",
+        ax.imshow(grey_slice(image[c, :, :, z], display_window(image[c])), cmap="gray", origin="lower",
                   vmin=0, vmax=1, interpolation="bilinear")
         ax.set_title(name, fontsize=10)
-    flair = _grey(image[0, :, :, z], _window(image[0]))
+    flair = grey_slice(image[0, :, :, z], display_window(image[0]))
     axes[-1].imshow(_overlay(flair, label[:, :, :, z], regions), origin="lower", interpolation="nearest")
     for mask, name in zip(label[:, :, :, z], regions):
         if mask.any():
@@ -93,14 +99,14 @@ def _png(image, label, regions, modalities, case_id, out: Path) -> None:
 def _gif(image, label, regions, case_id, out: Path) -> None:
     from PIL import Image, ImageDraw
 
-    window = _window(image[0])
+    window = display_window(image[0])
     brain_z = np.flatnonzero((image[0] != 0).any(axis=(0, 1)))
     zs = range(int(brain_z[0]), int(brain_z[-1]) + 1) if brain_z.size else range(image.shape[-1])
     zs = list(zs)[:: max(1, len(zs) // 80)]  # at most ~80 frames keeps the file small
     scale = max(1, 256 // max(image.shape[1], image.shape[2]))
     frames = []
     for z in zs:
-        rgb = _overlay(_grey(image[0, :, :, z], window), label[:, :, :, z], regions)
+        rgb = _overlay(grey_slice(image[0, :, :, z], window), label[:, :, :, z], regions)
         frame = Image.fromarray((np.flipud(rgb) * 255).astype(np.uint8))  # origin at the bottom
         frame = frame.resize((frame.width * scale, frame.height * scale), Image.NEAREST)
         ImageDraw.Draw(frame).text((4, 2), f"{case_id}  z={z}", fill=(255, 255, 255))
@@ -116,6 +122,7 @@ def visualize(cache_dir: str | Path, case_id: str, out: str | Path) -> Path:
         raise VoxtuneError(f"--out {out}: unsupported picture type {suffix or '(none)'}; use .png or .gif")
     manifest = read_manifest(cache_dir)
     image, label = load_case(cache_dir, case_id, manifest=manifest)
+    image = without_background(image, case_entry(manifest, case_id))
     regions = region_names(manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":

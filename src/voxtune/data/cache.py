@@ -41,6 +41,9 @@ KINDS = ("image", "label", "foreground")
 IMAGE_DTYPES = ("float16", "float32")
 REGIONS = {"binary": ["whole_tumour"],
            "regions": ["whole_tumour", "tumour_core", "enhancing_tumour"]}
+# The lowest MSD Task01 label of each nested BraTS region: a voxel is in the region when its label is
+# at least this (WT {1, 2, 3}, TC {2, 3}, ET {3}); predict paints regions back with these values.
+REGION_LABEL = {"whole_tumour": 1, "tumour_core": 2, "enhancing_tumour": 3}
 _REDO = "re-run `voxtune prepare`"
 _EDGE, _BLOCK, _INNER = 1 << 16, 1 << 12, 8  # probe: head and tail bytes, inner block size and count
 

@@ -136,25 +136,65 @@ def resolve_case_path(root: str | Path, rel: str, case_id: str) -> Path:
     return path
 
 
-def _load(path: Path, rel: str, case_id: str, kind: str):
-    """nibabel image for `path` with header checked; file errors -> CaseError naming `rel`."""
+def open_nifti(path: Path, what: str):
+    """nibabel image of `path` (header read, data not yet); a missing or unreadable file ->
+    VoxtuneError starting with `what` (e.g. "image file ./imagesTr/BRATS_001.nii.gz")."""
     import nibabel as nib
 
     if not path.is_file():
-        raise CaseError(case_id, f"{kind} file {rel} is missing")
+        raise VoxtuneError(f"{what} is missing")
     try:
         return nib.load(str(path))
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
             ValueError) as exc:
-        raise CaseError(case_id, f"{kind} file {rel} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise VoxtuneError(f"{what} is unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def _data(img, rel: str, case_id: str, kind: str, dtype) -> np.ndarray:
+def image_shape(img, channels: int, what: str) -> tuple[int, int, int, int]:
+    """The (X, Y, Z, C) shape of a 4D image header (3D when there is one channel), checked against the
+    expected channel count without decoding any data."""
+    shape = tuple(img.shape)
+    if len(shape) == 3 and channels == 1:
+        shape = (*shape, 1)
+    if len(shape) != 4:
+        raise VoxtuneError(f"{what} has shape {tuple(img.shape)}, not 4D; expected (X, Y, Z, {channels})")
+    if shape[3] != channels:
+        raise VoxtuneError(f"{what} has {shape[3]} channels where {channels} are expected (shape {shape}; "
+                           f"expected (X, Y, Z, {channels}))")
+    return shape
+
+
+def label_shape(img, what: str) -> tuple[int, int, int]:
+    """The (X, Y, Z) shape of a label header ((X, Y, Z, 1) is accepted)."""
+    shape = tuple(img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise VoxtuneError(f"{what} has shape {tuple(img.shape)}; expected 3D (X, Y, Z)")
+    return shape
+
+
+def nifti_data(img, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """The decoded float32 voxels, reshaped; a truncated or corrupt file or non-finite values -> VoxtuneError."""
     try:
-        return np.asarray(img.dataobj, dtype=dtype)
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise CaseError(case_id, f"{kind} file {rel} is truncated or corrupt "
-                                 f"({type(exc).__name__}: {exc}); re-download it") from None
+        raise VoxtuneError(f"{what} is truncated or corrupt ({type(exc).__name__}: {exc}); re-download "
+                           "it") from None
+    if not np.isfinite(data).all():
+        raise VoxtuneError(f"{what} holds NaN or infinite values")
+    return data
+
+
+def label_data(img, shape: tuple[int, int, int], allowed, what: str) -> np.ndarray:
+    """The decoded labels uint8 [X, Y, Z]; values that are not integers in `allowed` -> VoxtuneError."""
+    raw = nifti_data(img, shape, what)
+    label = np.rint(raw)
+    unknown = set(np.unique(label).astype(int).tolist()) - set(allowed)
+    if unknown or not np.array_equal(label, raw):
+        raise VoxtuneError(f"{what} holds values {sorted(unknown) or 'not integers'}, not labels of the task "
+                           f"({sorted(allowed)})")
+    return label.astype(np.uint8)
 
 
 def load_case(task: TaskInfo, entry: CaseEntry, max_voxels: int = 64_000_000
@@ -165,37 +205,22 @@ def load_case(task: TaskInfo, entry: CaseEntry, max_voxels: int = 64_000_000
     Every problem raises CaseError(case_id, reason).
     """
     cid = entry.case_id
-    image_path = resolve_case_path(task.root, entry.image, cid)
-    label_path = resolve_case_path(task.root, entry.label, cid)
-    img = _load(image_path, entry.image, cid, "image")
-    lab = _load(label_path, entry.label, cid, "label")
-
-    n_mod = len(task.modalities)
-    ishape, lshape = tuple(img.shape), tuple(lab.shape)
-    if len(ishape) == 3 and n_mod == 1:
-        ishape = (*ishape, 1)
-    if len(ishape) != 4 or ishape[3] != n_mod:
-        raise CaseError(cid, f"image {entry.image} has shape {ishape}; expected (X, Y, Z, {n_mod}) "
-                             f"for modalities {task.modalities}")
-    if len(lshape) == 4 and lshape[3] == 1:
-        lshape = lshape[:3]
-    if len(lshape) != 3:
-        raise CaseError(cid, f"label {entry.label} has shape {tuple(lab.shape)}; expected 3D (X, Y, Z)")
-    if ishape[:3] != lshape:
-        raise CaseError(cid, f"image {entry.image} is {ishape[:3]} but label {entry.label} is {lshape}")
-    voxels = int(np.prod(lshape))
-    if voxels > max_voxels:
-        raise CaseError(cid, f"image {entry.image} has {voxels} voxels per channel, over the cap of "
-                             f"{max_voxels} (--max-voxels)")
-
-    image = _data(img, entry.image, cid, "image", np.float32).reshape(ishape)
-    label_raw = _data(lab, entry.label, cid, "label", np.float32).reshape(lshape)
-    if not np.isfinite(image).all():
-        raise CaseError(cid, f"image {entry.image} holds NaN or infinite values")
-    label = np.rint(label_raw)
-    values = set(np.unique(label).astype(int).tolist())
-    unknown = values - set(task.labels)
-    if unknown or not np.array_equal(label, label_raw):
-        raise CaseError(cid, f"label {entry.label} holds values {sorted(unknown) or 'not integers'} "
-                             f"outside dataset.json labels {sorted(task.labels)}")
-    return image, label.astype(np.uint8)
+    image_what, label_what = f"image file {entry.image}", f"label file {entry.label}"
+    try:
+        img = open_nifti(resolve_case_path(task.root, entry.image, cid), image_what)
+        lab = open_nifti(resolve_case_path(task.root, entry.label, cid), label_what)
+        ishape = image_shape(img, len(task.modalities), f"image {entry.image}")
+        lshape = label_shape(lab, f"label {entry.label}")
+        if ishape[:3] != lshape:
+            raise VoxtuneError(f"image {entry.image} is {ishape[:3]} but label {entry.label} is {lshape}")
+        voxels = int(np.prod(lshape))
+        if voxels > max_voxels:
+            raise VoxtuneError(f"image {entry.image} has {voxels} voxels per channel, over the cap of "
+                               f"{max_voxels} (--max-voxels)")
+        image = nifti_data(img, ishape, image_what)
+        label = label_data(lab, lshape, task.labels, f"label {entry.label}")
+    except CaseError:
+        raise
+    except VoxtuneError as exc:
+        raise CaseError(cid, str(exc)) from None
+    return image, label

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtune.data.cache import CACHE_VERSION, IMAGE_DTYPES, KINDS, MANIFEST, REGIONS, check_case, file_records
+from voxtune.data.cache import (CACHE_VERSION, IMAGE_DTYPES, KINDS, MANIFEST, REGION_LABEL, REGIONS, check_case,
+                                file_records)
 from voxtune.data.msd import CaseEntry, CaseError, TaskInfo, load_case as load_nifti_case, read_task
+from voxtune.data.shape import check_shape
 from voxtune.errors import VoxtuneError
 from voxtune.files import TMP_MARK, atomic_write, write_json
 
@@ -82,10 +84,7 @@ def preprocess(image: np.ndarray, label: np.ndarray, shape: tuple[int, int, int]
                 values = channel[brain]
                 mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
                 channel[brain] = (values - mean) / max(std, 1e-8)
-    if labels == "binary":
-        channels = [label > 0]
-    else:  # BraTS regions: WT {1,2,3}, TC {2,3}, ET {3}
-        channels = [label > 0, (label == 2) | (label == 3), label == 3]
+    channels = [label >= REGION_LABEL[name] for name in REGIONS[labels]]  # nested BraTS regions
     return image, np.stack(channels).astype(np.uint8), background
 
 
@@ -205,8 +204,7 @@ def _check_args(shape, labels, split, workers, max_voxels, image_dtype, normalis
         raise VoxtuneError(f"--normalise {normalise!r}: must be one of {', '.join(NORMALISE)}")
     if image_dtype not in IMAGE_DTYPES:
         raise VoxtuneError(f"--dtype {image_dtype!r}: must be one of {', '.join(IMAGE_DTYPES)}")
-    if shape is not None and (len(shape) != 3 or any(int(s) < 1 for s in shape)):
-        raise VoxtuneError(f"--shape {shape}: need three positive sizes X Y Z")
+    check_shape(shape)
     split = tuple(float(f) for f in split)
     if len(split) != 3 or any(f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6:
         raise VoxtuneError(f"--split {' '.join(map(str, split))}: need three fractions >= 0 "

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from voxtune.data.shape import check_shape
 from voxtune.errors import VoxtuneError
 
 MODALITIES = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
 LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
-MIN_SIZE = 8
 
 # Relative intensity per tissue, rows = modality (FLAIR, T1w, t1gd, T2w),
 # columns = (scalp, brain, edema, non-enhancing core, enhancing ring).
@@ -117,13 +117,11 @@ def make_dataset(out: str | Path, cases: int = 12, shape: tuple[int, int, int] |
     """
     from tqdm import tqdm
 
-    shape = tuple(shape) if shape is not None else (48, 48, 48)
+    shape = check_shape(shape) or (48, 48, 48)
     if cases < 1:
         raise VoxtuneError(f"--cases {cases}: need at least 1 labelled case")
     if test_cases < 0:
         raise VoxtuneError(f"--test-cases {test_cases}: must be >= 0")
-    if len(shape) != 3 or any(int(s) < MIN_SIZE for s in shape):
-        raise VoxtuneError(f"--shape {' '.join(map(str, shape))}: need three sizes, each >= {MIN_SIZE}")
     shape = tuple(int(s) for s in shape)
     root = Path(out)
     if root.exists() and any(root.iterdir()):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from voxtune.files import atomic_write, read_json
+from voxtune.formatting import short
 
 
 def trained(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,11 +76,7 @@ def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 def format_leaderboard(rows: list[dict[str, Any]], searched: list[str], limit: int = 10) -> str:
     """A terminal table of the top trials."""
     cols = ["trial_id", *searched, "status", "epochs", "val_dice", "train_time_s", "workers"]
-    table = [[str(_fmt(r.get(c, ""))) for c in cols] for r in rows[:limit]]
+    table = [[short(r.get(c, "")) for c in cols] for r in rows[:limit]]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(cols), *(line(t) for t in table)])
-
-
-def _fmt(v: Any) -> Any:
-    return f"{v:.4g}" if isinstance(v, float) else v
