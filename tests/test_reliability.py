@@ -179,7 +179,7 @@ def test_trial_killed_after_its_last_checkpoint_still_reports_its_metric(cache_d
     monkeypatch.setattr(T.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
     monkeypatch.setattr(T, "_GROUP", WorkerGroup(1, 1, 0))
     T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": str(cache_dir), "base_config": {"epochs": 2},
-                     "workers_per_trial": 1, "cpus": 1, "gpus": 0})
+                     "workers_per_trial": 1, "cpus": 1, "gpus": 0, "searched": []})
     assert [r["epoch"] for r in reports] == [2]
     assert reports[0]["val_dice"] == done["metrics"][-1]["val_dice"]
     info = _read(out / "trial.json")
@@ -208,7 +208,7 @@ def test_peer_dying_as_tune_tears_down_a_stopped_trial_is_not_an_error(tmp_path,
         raise SystemExit(0)  # what tune.report does in a trial Tune has decided to stop
 
     class TornDownGroup:
-        nodes, group_id, pids = ["n0", "n1"], "g", [1, 2]
+        nodes, node_ids, group_id, pids = ["n0", "n1"], ["id0", "id1"], "g", [1, 2]
 
         def fit(self, cfg, cache_dir, out_dir, report):
             assert report({"epoch": 1, "val_dice": 0.4}) is True  # told to stop
@@ -220,7 +220,7 @@ def test_peer_dying_as_tune_tears_down_a_stopped_trial_is_not_an_error(tmp_path,
     monkeypatch.setattr(T, "_GROUP", TornDownGroup())
     with pytest.raises(SystemExit) as exit_:
         T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": "unused", "base_config": {},
-                         "workers_per_trial": 2, "cpus": 1, "gpus": 0})
+                         "workers_per_trial": 2, "cpus": 1, "gpus": 0, "searched": []})
     assert exit_.value.code == 0
     info = _read(out / "trial.json")
     assert info["status"] == "stopped" and info["epochs"] == 1 and info["train_time_s"] == 1.5
@@ -239,7 +239,7 @@ def test_a_stop_is_on_disk_before_the_ranks_are_told_to_leave(tmp_path, monkeypa
     seen: list[dict] = []
 
     class KilledGroup:
-        nodes, group_id, pids = ["n0"], "g", [1]
+        nodes, node_ids, group_id, pids = ["n0"], ["id0"], "g", [1]
 
         def fit(self, cfg, cache_dir, out_dir, report):
             records = []
@@ -263,39 +263,84 @@ def test_a_stop_is_on_disk_before_the_ranks_are_told_to_leave(tmp_path, monkeypa
     monkeypatch.setattr(T.tune, "report", report)
     with pytest.raises(SystemExit):
         T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": "unused", "base_config": {},
-                         "workers_per_trial": 1, "cpus": 1, "gpus": 0})
+                         "workers_per_trial": 1, "cpus": 1, "gpus": 0, "searched": []})
     assert seen[0]["status"] == "stopped" and seen[0]["epochs"] == 2 and seen[0]["end_ts"] > 0
 
 
 def test_driver_settles_trials_tune_ended_without_their_last_write(tmp_path):
     """After a search that ran to its end, no trial is left 'running' (which would read as an interrupted
-    search, exit 130): Tune's verdict, stopped or finished, is written; errors and missing trials too."""
-    from voxtune.parallel.tune import SearchSettings, _settle_trials
+    search, exit 130): Tune's verdict, stopped or finished, is written; trials whose workers kept dying
+    and trials that never started get Tune's error as one plain line; a trial's own error is kept."""
+    from types import SimpleNamespace
+
+    from voxtune.parallel import state
+    from voxtune.parallel.tune import SearchSettings, _settle
 
     run = tmp_path / "run"
 
-    def trial(tid, status, epochs):
+    def trial(tid, status, epochs, **fields):
         d = run / "trials" / tid
         d.mkdir(parents=True)
-        (d / "trial.json").write_text(json.dumps({"trial_id": tid, "status": status, "config": {"lr": 0.1}}))
+        (d / "trial.json").write_text(json.dumps({"trial_id": tid, "status": status, "config": {"lr": 0.1},
+                                                  **fields}))
         (d / "metrics.json").write_text(json.dumps([{"epoch": e, "val_dice": 0.5, "epoch_time_s": 1.0}
                                                     for e in range(1, epochs + 1)]))
 
     trial("asha_stopped", "running", 2)
     trial("killed_after_last_epoch", "running", 4)
-    trial("failed", "running", 1)
+    trial("died", "running", 1)
+    trial("diverged", "error", 1, reason="loss became nan at epoch 1")
     trial("done", "finished", 4)
     settings = SearchSettings(cache_dir="unused", space={"lr": {"grid": [0.1]}}, base_config={"epochs": 4})
-    ended = [(t, {"lr": 0.1}) for t in ("asha_stopped", "killed_after_last_epoch", "failed", "done", "never_ran")]
-    _settle_trials(run, settings, ended, {"failed": "RayActorError: died", "never_ran": "PlacementGroupError"})
-    got = {t: _read(run / "trials" / t / "trial.json") for t, _ in ended}
+
+    class RayActorError(Exception):
+        pass
+
+    def result(tid, error=None):
+        return SimpleNamespace(path=str(tmp_path / "ray" / tid), config={"lr": 0.1}, error=error)
+
+    wrapped = RayActorError("\x1b[31mThe actor died unexpectedly before finishing this task.\x1b[0m\n\tclass_name: X")
+    results = [result("asha_stopped"), result("killed_after_last_epoch"), result("died", wrapped),
+               result("diverged"), result("done"), result("never_ran", SimpleNamespace(cause=ValueError("no bundle")))]
+    _settle(run, settings, results, {}, interrupted=False)
+    got = {t: state.read(run / "trials" / t) for t in ("asha_stopped", "killed_after_last_epoch", "died",
+                                                        "diverged", "done", "never_ran")}
     assert got["asha_stopped"]["status"] == "stopped" and got["asha_stopped"]["epochs"] == 2
     assert got["asha_stopped"]["train_time_s"] == 2.0 and got["asha_stopped"]["end_ts"] > 0
     assert got["killed_after_last_epoch"]["status"] == "finished"
-    assert got["failed"]["status"] == "running"  # the driver's error list overrides it in the leaderboard
+    assert got["died"] == {**got["died"], "status": "error",
+                           "reason": "RayActorError: The actor died unexpectedly before finishing this task."}
+    assert got["diverged"]["reason"] == "loss became nan at epoch 1"
     assert got["done"]["status"] == "finished"
-    assert got["never_ran"] == {"trial_id": "never_ran", "status": "error", "config": {"lr": 0.1},
-                                "reason": "PlacementGroupError"}
+    assert got["never_ran"]["status"] == "error" and got["never_ran"]["reason"] == "never started: ValueError: no bundle"
+
+
+def test_trial_state_moves_only_along_the_diagram(tmp_path):
+    from voxtune.parallel import state
+
+    d = tmp_path / "t"
+    d.mkdir()
+    with pytest.raises(state.InvalidTransition):
+        state.write(d, node="n")  # no fields before a state
+    state.start_attempt(d, "t", {"lr": 0.1})
+    state.write(d, pids=[1, 2])
+    state.end(d, "interrupted")
+    assert state.start_attempt(d, "t", {"lr": 0.1})["attempts"] == 2
+    state.end(d, "finished", epochs=3)
+    for later in ("running", "error", "stopped"):
+        with pytest.raises(state.InvalidTransition):
+            state.write(d, later)
+    with pytest.raises(state.InvalidTransition):
+        state.write(tmp_path / "u", "paused")
+    info = state.read(d)
+    assert (info["status"], info["attempts"], info["pids"], info["epochs"]) == ("finished", 2, [1, 2], 3)
+
+
+def test_only_the_state_module_writes_trial_json():
+    """trial.json has one writer: every other module goes through voxtune.parallel.state."""
+    src = Path(__file__).resolve().parents[1] / "src" / "voxtune"
+    writers = [p.relative_to(src).as_posix() for p in src.rglob("*.py") if '"trial.json"' in p.read_text()]
+    assert writers == ["parallel/state.py"]
 
 
 def test_cache_file_failing_its_checksum_is_one_line(cache_copy, tmp_path, capsys):

@@ -119,6 +119,7 @@ def test_two_node_cluster_spreads_trials(cache_dir, tmp_path):
     (["--mode", "experiment", "--search", "optuna"], "--num-samples"),
     (["--mode", "experiment", "--scheduler", "hyper"], "unknown --scheduler"),
     (["--mode", "experiment", "--set", "colour=red"], "unknown config key 'colour'"),
+    (["--mode", "data", "--workers", "2", "--workers-per-trial", "1"], "--mode data runs every trial over all"),
 ])
 def test_bad_tune_arguments_are_one_line(args, expected, cache_dir, tmp_path, capsys):
     rc = main(["tune", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), *args])
@@ -248,3 +249,45 @@ def test_asha_stopped_trial_leaves_its_ddp_group_to_the_next(cache_dir, tmp_path
 
 def _read_epochs(run: Path, trial_id: str) -> list[int]:
     return [r["epoch"] for r in json.loads((run / "trials" / trial_id / "metrics.json").read_text())]
+
+
+def test_grid_repeats_are_distinct_trials():
+    """--num-samples N on a grid runs each point with N seeds (base seed, +1, ...), not N copies."""
+    from voxtune.parallel.settings import SearchSettings
+    from voxtune.parallel.space import count_trials
+    from voxtune.errors import VoxtuneError
+
+    s = SearchSettings(cache_dir=".", space={"lr": {"grid": [0.001, 0.005]}}, num_samples=3,
+                       base_config={"seed": 7}).check()
+    assert s.trial_space() == {"lr": {"grid": [0.001, 0.005]}, "seed": {"grid": [7, 8, 9]}}
+    assert s.tune_samples == 1 and count_trials(s.space, s.search, s.num_samples) == 6
+    assert SearchSettings(cache_dir=".", space={"lr": {"grid": [0.001]}}).check().trial_space() == {"lr": {"grid": [0.001]}}
+    with pytest.raises(VoxtuneError, match="searches 'seed' already"):
+        SearchSettings(cache_dir=".", space={"seed": {"grid": [0, 1]}}, num_samples=2).check()
+
+
+def test_rendezvous_port_is_held_from_the_moment_it_is_chosen():
+    """The old way picked a free port, released it, and bound it again later: a group starting beside it
+    could take it in between. The store listens on the port it reports."""
+    from voxtune.parallel.ddp import master_store
+
+    stores = [master_store("127.0.0.1", 2) for _ in range(3)]
+    assert len({s.port for s in stores}) == 3
+    for store in stores:
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", store.port))
+
+
+def test_a_failing_rank_names_itself_and_only_deaths_are_retried():
+    import ray
+
+    from voxtune.errors import VoxtuneError
+    from voxtune.parallel.ddp import RankFailed, failure_of
+
+    wrapped = ray.exceptions.RayTaskError("fit", "traceback", VoxtuneError("cases/BRATS_004.image.npy: does not match"))
+    failure = failure_of(1, wrapped)
+    assert isinstance(failure, VoxtuneError) and str(failure) == "rank 1: cases/BRATS_004.image.npy: does not match"
+    oom = failure_of(2, ray.exceptions.RayTaskError("fit", "traceback", MemoryError("out of memory")))
+    assert isinstance(oom, RankFailed) and str(oom) == "rank 2: MemoryError: out of memory"  # retried, as on rank 0
+    died = failure_of(1, ray.exceptions.RayActorError())
+    assert isinstance(died, RankFailed) and str(died).startswith("rank 1's worker died: RayActorError")

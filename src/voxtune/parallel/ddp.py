@@ -1,20 +1,26 @@
-"""A DDP worker group that lives as long as the Tune actor holding it, so data-parallel trials
-pay for worker start-up once per search, not once per trial.
+"""A DDP worker group that lives as long as the Tune actor holding it, so data-parallel trials pay
+for worker start-up once per search, not once per trial.
 
-Rank 0 is the Tune trial actor itself; ranks 1..K-1 are Ray actors placed in the other bundles
-of the trial's placement group (Tune reserves all K bundles for the trial, gang-scheduled).
-With `reuse_actors=True` Tune hands the same actor, placement group and therefore the same
-initialised process group to the next trial. Each trial builds a fresh model and DDP wrapper
-over that process group; the training loop itself is voxtune.train.loop.fit, unchanged.
+Rank 0 is the Tune trial actor itself; ranks 1..K-1 are Ray actors placed in the other bundles of
+the trial's placement group (Tune reserves all K bundles for the trial, gang-scheduled). With
+`reuse_actors=True` Tune hands the same actor, placement group and therefore the same initialised
+process group to the next trial. Each trial builds a fresh model and DDP wrapper over that
+process group; the training loop itself is voxtune.train.loop.fit, unchanged.
 
-This module imports neither torch nor MONAI at import time: a new rank's process starts with it
-and then imports them (~6 s on a laptop CPU) while rank 0 does the same, in parallel, instead of
-one after the other.
+Invariants:
+- The rendezvous port is bound by rank 0's TCP store from the moment it is chosen (port 0: the OS
+  picks a free one), so groups starting together on one node cannot take each other's port.
+- A rank that fails ends the trial within seconds: while rank 0 trains, a watcher waits on the
+  peers' results; the first failure kills the other peers (their collectives, and rank 0's, return
+  at once) and stops rank 0's loop at its next step, and the trial fails with that rank's reason.
+- This module imports neither torch nor MONAI at import time: a new rank's process starts with it
+  and imports them while rank 0 does the same, in parallel instead of one after the other.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -24,30 +30,45 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from voxtune.config import TrainConfig, make_config
+from voxtune.errors import VoxtuneError
+from voxtune.parallel.state import reason_of
 
 if TYPE_CHECKING:
     from voxtune.train.loop import Reporter
 
-# Collectives give up after this long: a dead peer turns into an error Tune can retry, not a hang.
+# Collectives give up after this long; a failed or dead peer is noticed by the watcher long before.
 _TIMEOUT = timedelta(minutes=10)
 
 
-def _init(addr: str, port: int, rank: int, world: int, backend: str) -> None:
+class RankFailed(RuntimeError):
+    """A rank raised something other than a VoxtuneError (out of memory, a bug) or its process or node
+    is gone: like the same failure on rank 0, Tune retries the trial from its last checkpoint."""
+
+
+def master_store(host: str, world: int):
+    """Rank 0's rendezvous store, listening from now on; its `.port` goes to the peers."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(host, 0, world, True, timeout=_TIMEOUT, wait_for_workers=False)
+
+
+def _join(store, rank: int, world: int, backend: str) -> None:
     import torch.distributed as dist
 
     import voxtune.train.loop  # noqa: F401  # pay the MONAI import now, beside the other ranks'
 
-    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
-                            timeout=_TIMEOUT)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=_TIMEOUT)
 
 
 @ray.remote
 class Rank:
     """One non-zero rank of the group: joins the process group, then runs `fit` when asked."""
 
-    def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> tuple[str, int]:
-        _init(addr, port, rank, world, backend)
-        return ray.util.get_node_ip_address(), os.getpid()
+    def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> tuple[str, str, int]:
+        import torch.distributed as dist
+
+        _join(dist.TCPStore(addr, port, world, False, timeout=_TIMEOUT), rank, world, backend)
+        return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id(), os.getpid()
 
     def fit(self, cfg: dict[str, Any], cache_dir: str, out_dir: str, threads: int) -> int:
         from voxtune.train.loop import fit
@@ -55,10 +76,40 @@ class Rank:
         return fit(make_config(cfg), cache_dir, out_dir, threads=threads)["epochs"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def failure_of(rank: int, exc: BaseException) -> BaseException:
+    """The error a rank's failed `fit` stands for: its own VoxtuneError, named by rank (not retried, as
+    on rank 0), or RankFailed (retried)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, VoxtuneError):
+        return VoxtuneError(f"rank {rank}: {cause}")
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return RankFailed(f"rank {rank}: {reason_of(exc)}")
+    return RankFailed(f"rank {rank}'s worker died: {reason_of(exc)}")
+
+
+class _Watch(threading.Thread):
+    """Waits on the peers' `fit` results while rank 0 trains; on the first failure, records it and
+    kills the other peers, so no rank waits in a collective for one that will never come."""
+
+    def __init__(self, group: WorkerGroup, futures: list):
+        super().__init__(daemon=True, name="voxtune-peer-watch")
+        self.group, self.futures = group, futures
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        pending = list(self.futures)
+        while pending and not self.done.is_set():
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001  (whatever ended the rank, its reason is kept)
+                    if self.done.is_set():
+                        return
+                    self.failure = failure_of(self.futures.index(ref) + 1, exc)
+                    self.group.kill_peers()
+                    return
 
 
 class WorkerGroup:
@@ -68,7 +119,9 @@ class WorkerGroup:
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
         self.group_id = uuid.uuid4().hex[:12]  # lets tests and logs see which trials shared a group
         self.ranks: list[Any] = []
-        self.nodes = [ray.util.get_node_ip_address()] if ray.is_initialized() else [socket.gethostname()]
+        here = ray.is_initialized()
+        self.nodes = [ray.util.get_node_ip_address()] if here else [socket.gethostname()]  # rank order
+        self.node_ids = [ray.get_runtime_context().get_node_id()] if here else [socket.gethostname()]
         self.pids = [os.getpid()]  # rank order; lets an operator (or a test) find a rank's process
         if workers == 1:
             return
@@ -76,36 +129,53 @@ class WorkerGroup:
         # NCCL wants one rank per GPU; ranks packed onto a shared GPU (fractions) fall back to gloo.
         # Ray tells whether this actor holds a GPU without importing torch (which would delay the peers).
         backend = "nccl" if gpus >= 1 and ray.get_runtime_context().get_accelerator_ids().get("GPU") else "gloo"
-        addr, port = ray.util.get_node_ip_address(), _free_port()
+        addr = ray.util.get_node_ip_address()
+        store = master_store(addr, workers)
         self.ranks = [
             Rank.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=i)).remote()
             for i in range(1, workers)
         ]
-        joined = [r.setup.remote(addr, port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
-        _init(addr, port, 0, workers, backend)  # imports torch and MONAI here while the peers do too
-        for node, pid in ray.get(joined):
+        joined = [r.setup.remote(addr, store.port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
+        _join(store, 0, workers, backend)  # imports torch and MONAI here while the peers do too
+        for node, node_id, pid in ray.get(joined):
             self.nodes.append(node)
+            self.node_ids.append(node_id)
             self.pids.append(pid)
 
     def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
-        """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary."""
+        """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary;
+        raises the first failing rank's error (see failure_of)."""
         from voxtune.train.loop import fit
 
         threads = max(1, int(self.cpus))
-        others = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads) for r in self.ranks]
+        futures = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads) for r in self.ranks]
+        watch = _Watch(self, futures)
+        if futures:  # (ray.wait would start a Ray instance in a process that has none)
+            watch.start()
         try:
-            summary = fit(cfg, cache_dir, out_dir, threads=threads, report=report)
-        except BaseException:
+            summary = fit(cfg, cache_dir, out_dir, threads=threads, report=report,
+                          abort=lambda: watch.failure is not None)
+            if futures:
+                watch.join()  # every peer finished its fit, or failed and was recorded
+        except BaseException as exc:
+            watch.done.set()  # from here on, peers killed by close() are not failures of their own
+            failure = watch.failure
             self.close()  # peers may be blocked in a collective rank 0 will never make
-            raise
-        if others:  # (ray.get would start a Ray instance in a process that has none)
-            ray.get(others)
+            if failure is not None:
+                raise failure from None
+            raise exc
+        if watch.failure is not None:
+            self.close()
+            raise watch.failure
         return summary
 
-    def close(self) -> None:
+    def kill_peers(self) -> None:
         for r in self.ranks:
             ray.kill(r)
+
+    def close(self) -> None:
+        self.kill_peers()
         self.ranks = []
         import torch.distributed as dist
 

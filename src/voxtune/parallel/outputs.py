@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from voxtune.files import atomic_write, read_json
+from voxtune.parallel import state
 from voxtune.formatting import short
 
 
@@ -28,28 +29,28 @@ def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -
     return min(starts, default=None)
 
 
-def trial_rows(run_dir: Path, searched: list[str], errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """One row per trial folder, best validation epoch's metrics, sorted by val_dice (best first)."""
+def trial_rows(run_dir: Path, searched: list[str]) -> list[dict[str, Any]]:
+    """One row per trial folder, as its trial.json and metrics.json say, with its best validation
+    epoch's metrics; sorted by val_dice (best first)."""
     rows = []
     for trial_dir in sorted((run_dir / "trials").glob("*/")):
-        info = read_json(trial_dir / "trial.json", {})
+        info = state.read(trial_dir)
         if not info:
             continue
         records = read_json(trial_dir / "metrics.json", [])
         best = max(records, key=lambda r: r["val_dice"], default={})
         done = trained(records)
-        status, reason = info.get("status", "unknown"), info.get("reason", "")
-        if errors and info["trial_id"] in errors:
-            status, reason = "error", errors[info["trial_id"]]
-        row = {"trial_id": info["trial_id"], **{k: info["config"].get(k) for k in searched},
-               "status": status, "epochs": done["epochs"], "best_epoch": best.get("epoch", ""),
+        row = {"trial_id": info.get("trial_id", trial_dir.name), **{k: info["config"].get(k) for k in searched},
+               "status": info.get("status", "unknown"), "epochs": done["epochs"], "best_epoch": best.get("epoch", ""),
                "val_dice": best.get("val_dice", "")}
         row.update({k: v for k, v in best.items() if k.startswith("val_dice_")})
         row.update({"train_time_s": round(done["train_time_s"], 3),
-                    "node": info.get("node", ""), "node_ip": info.get("node_ip", ""),
+                    "node": info.get("node", ""),  # rank 0's; nodes: every rank's
+                    "nodes": ";".join(dict.fromkeys(info.get("nodes") or [info.get("node", "")])),
+                    "node_ip": info.get("node_ip", ""),
                     "workers": info.get("workers", ""), "setup_s": round(info.get("setup_s", 0.0), 3),
                     "start_ts": info.get("start_ts", ""), "attempt_start_ts": info.get("attempt_start_ts", ""),
-                    "end_ts": info.get("end_ts", ""), "reason": reason})
+                    "end_ts": info.get("end_ts", ""), "reason": info.get("reason", "")})
         rows.append(row)
     rows.sort(key=lambda r: (r["val_dice"] if r["val_dice"] != "" else -1.0), reverse=True)
     return rows

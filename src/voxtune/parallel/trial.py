@@ -1,11 +1,20 @@
 """The Ray Tune trainable shared by every mode: one trial = one `fit` over a WorkerGroup.
 
 Experiment mode gives each trial one worker, data mode gives one trial all workers, hybrid is in
-between; this function cannot tell which, it only sees how many bundles its trial holds.
-Writes RUN/trials/<trial_id>/trial.json beside what `fit` writes there.
+between; this function cannot tell which, it only sees how many bundles its trial holds. It moves
+its own trial.json through voxtune.parallel.state: running when an attempt starts, stopped the
+moment Tune's scheduler stops it, finished or error when it ends.
+
+How an attempt ends, and what Tune then does:
+    - trained all epochs, or stopped by the scheduler: finished / stopped;
+    - a VoxtuneError on any rank (a diverged loss, a damaged cache file): error with that rank's
+      reason, and the function returns, so Tune does not retry what a retry cannot fix;
+    - anything else (a rank's process or node died): error, and the exception goes to Tune, which
+      retries the trial from its last epoch checkpoint.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +24,8 @@ from ray import tune
 
 from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
-from voxtune.files import read_json, write_json
-from voxtune.parallel import outputs
+from voxtune.files import read_json
+from voxtune.parallel import outputs, state
 from voxtune.parallel.ddp import WorkerGroup
 
 # Kept across trials of a reused Tune actor: the DDP group's start-up is paid once. (ddp imports
@@ -24,32 +33,37 @@ from voxtune.parallel.ddp import WorkerGroup
 _GROUP: WorkerGroup | None = None
 
 
+def folder_key(config: dict[str, Any], searched: list[str]) -> str:
+    """What identifies a trial across Tune's trial ids: its searched values."""
+    return json.dumps({k: config.get(k) for k in searched}, sort_keys=True, default=str)
+
+
+def trial_folder(settings: dict[str, Any], trial_id: str, config: dict[str, Any]) -> Path:
+    """RUN/trials/<trial_id>, or the folder of an earlier attempt at the same config when the search is
+    resumed without Tune's own state (it was killed before Tune first saved it; Tune gave new ids)."""
+    adopted = settings.get("adopt", {}).get(folder_key(config, settings["searched"]))
+    return Path(settings["run_dir"]) / "trials" / (adopted or trial_id)
+
+
 def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Train one trial. `settings`: run_dir, cache_dir, base_config, workers_per_trial, cpus, gpus."""
+    """Train one trial. `settings`: run_dir, cache_dir, base_config, workers_per_trial, cpus, gpus,
+    searched, adopt (see trial_folder)."""
     global _GROUP
     t_start = time.time()
-    trial_id = tune.get_context().get_trial_id()
-    out = Path(settings["run_dir"]) / "trials" / trial_id
+    tune_id = tune.get_context().get_trial_id()
+    out = trial_folder(settings, tune_id, config)
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config(config, base=make_config(settings["base_config"]))
 
-    info = read_json(out / "trial.json", {})
-    if info.get("status") in ("finished", "stopped"):
+    if state.read(out).get("status") in state.FINAL:
         # Done before the driver died and Tune's state lagged behind: report, never retrain.
-        records = read_json(out / "metrics.json", []) or [{}]
-        tune.report(records[-1])
+        tune.report((read_json(out / "metrics.json", []) or [{}])[-1])
         return
-    info.update({"trial_id": trial_id, "config": dict(config), "status": "running", "reason": "",
-                 "node": ray.get_runtime_context().get_node_id(), "workers": settings["workers_per_trial"],
-                 "attempts": info.get("attempts", 0) + 1, "attempt_start_ts": t_start})
-    info.setdefault("start_ts", t_start)
-    write_json(out / "trial.json", info)  # before anything can fail, so the leaderboard lists it
+    state.start_attempt(out, out.name, config, tune_trial_id=tune_id, workers=settings["workers_per_trial"],
+                        node=ray.get_runtime_context().get_node_id())
 
     reported: list[int] = []  # epochs reported in this attempt
     stopped_by_tune = False
-
-    def stopped() -> dict[str, Any]:
-        return {"status": "stopped", **outputs.trained(read_json(out / "metrics.json", []))}
 
     def report(record: dict[str, Any]) -> bool:
         nonlocal stopped_by_tune
@@ -58,42 +72,37 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
             tune.report(record)
         except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
             stopped_by_tune = True
-            # Said at once: with no next trial, Tune may kill this actor before the ranks have left.
-            write_json(out / "trial.json", {**info, **stopped(), "end_ts": time.time()})
+            # Written at once: with no next trial, Tune may kill this actor before the ranks have left.
+            state.end(out, "stopped", **outputs.trained(read_json(out / "metrics.json", [])))
             return True
         return False
 
     try:
         if _GROUP is None:
             _GROUP = WorkerGroup(settings["workers_per_trial"], settings["cpus"], settings["gpus"])
-        info.update({"node_ip": _GROUP.nodes[0], "nodes": _GROUP.nodes, "group_id": _GROUP.group_id,
-                     "pids": _GROUP.pids, "setup_s": time.time() - t_start})
-        write_json(out / "trial.json", info)
+        state.write(out, node_ip=_GROUP.nodes[0], nodes=_GROUP.node_ids, node_ips=_GROUP.nodes,
+                    group_id=_GROUP.group_id, pids=_GROUP.pids, setup_s=time.time() - t_start)
         summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
+    except VoxtuneError as exc:
+        _GROUP = None
+        if not stopped_by_tune:
+            state.end(out, "error", reason=str(exc))
+            return
+    except BaseException as exc:
+        _GROUP = None
+        if not stopped_by_tune:
+            state.end(out, "error", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        # Tune stopped this trial and, with no trial to hand the actor to, is tearing it down: a DDP
+        # peer killed with the placement group fails the last collective. The trial stays stopped.
+    else:
         if not reported and summary["metrics"]:
             # Killed after its last epoch's checkpoint but before trial.json said so: the resumed
             # run trains nothing, yet Tune must still receive the trial's metric.
             tune.report(summary["metrics"][-1])
-        info.update(status="stopped" if summary["stopped_early"] else "finished",
-                    train_time_s=summary["train_time_s"], epochs=summary["epochs"])
-    except VoxtuneError as exc:
-        # A diverged trial or a bad input (a cache file failing its checksum) is not fixed by a
-        # retry: record why, leave the group to the next trial, and let the search go on.
-        _GROUP = None
-        info.update(status="error", reason=str(exc))
-    except BaseException as exc:
-        _GROUP = None
         if not stopped_by_tune:
-            info.update(status="error", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-            info["end_ts"] = time.time()
-            write_json(out / "trial.json", info)
-            raise
-        # Tune stopped this trial and, with no trial to hand the actor to, is tearing it down: a DDP
-        # peer killed with the placement group fails the last collective or ray.get. The trial
-        # ended as the scheduler decided, not in error.
-        info.update(stopped())
-    info["end_ts"] = time.time()
-    write_json(out / "trial.json", info)
+            state.end(out, "stopped" if summary["stopped_early"] else "finished",
+                      **outputs.trained(summary["metrics"]))
     if stopped_by_tune:
         # End the trial's thread the way Tune asked (SystemExit 0), not by returning: a return makes
         # Tune's function runner report once more and block, so a reused actor could not be reset

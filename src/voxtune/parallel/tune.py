@@ -1,17 +1,21 @@
 """`voxtune tune`: one entry for experiment, data and hybrid parallelism on Ray Tune.
 
-W workers, K workers per trial: W/K trials run at once, each over K DDP ranks
-(experiment: K = 1; data: K = W; hybrid: 1 < K < W). Each trial reserves a placement group of K
-bundles of {CPU: C, GPU: G}, so Ray gang-schedules its ranks, on one node or several.
+A search, from the command to its last write:
+    1. the settings are checked (voxtune.parallel.settings) and Ray is started or joined (cluster);
+    2. RUN/search.json is written, then Ray Tune runs the trials: each reserves a placement group of
+       K bundles {CPU: C, GPU: G}, so its ranks are gang-scheduled on one node or several, and runs
+       voxtune.parallel.trial.run_trial, which moves its own RUN/trials/<id>/trial.json;
+    3. the driver settles what no trial could write (voxtune.parallel.state), then writes
+       leaderboard.csv, best.json (the best trial's test-split score) and summary.json.
+Ctrl-C and SIGTERM interrupt the driver: the leaderboard so far is written, the trials still running
+are marked interrupted, and `--resume` continues them from their checkpoints.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,130 +23,11 @@ from voxtune.config import make_config
 from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
-from voxtune.parallel import outputs
-from voxtune.parallel.modes import MODES
-from voxtune.parallel.space import count_trials, load_space, to_tune, validate_space
+from voxtune.parallel import outputs, state
+from voxtune.parallel.cluster import init_ray
+from voxtune.parallel.settings import SCHEDULERS, SEARCHES, SearchSettings  # noqa: F401  (re-exported)
+from voxtune.parallel.space import count_trials, to_tune
 from voxtune.provenance import code_version, git_commit
-
-SEARCHES = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
-
-
-@dataclass
-class SearchSettings:
-    """Everything that defines a search; saved to RUN/search.json so `--resume` needs only --out."""
-
-    cache_dir: str
-    mode: str = "experiment"
-    space: dict[str, Any] = field(default_factory=lambda: load_space("paper"))
-    search: str = "grid"
-    num_samples: int | None = None
-    scheduler: str = "fifo"
-    workers: int = 1
-    workers_per_trial: int | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    base_config: dict[str, Any] = field(default_factory=dict)
-    max_failures: int = 3
-
-    def check(self) -> "SearchSettings":
-        if self.mode not in MODES:
-            raise VoxtuneError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
-        if self.search not in SEARCHES:
-            raise VoxtuneError(f"unknown --search '{self.search}'; choose one of {', '.join(SEARCHES)}")
-        if self.scheduler not in SCHEDULERS:
-            raise VoxtuneError(f"unknown --scheduler '{self.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
-        if self.workers < 1:
-            raise VoxtuneError(f"--workers {self.workers}: need at least 1")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise VoxtuneError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
-            raise VoxtuneError(f"--gpus-per-worker {self.gpus_per_worker}: above 1 it must be whole")
-        self.workers_per_trial = self.per_trial()
-        self.cache_dir = str(Path(self.cache_dir).resolve())  # Ray workers run in other folders
-        validate_space(self.space)
-        make_config(self.base_config)
-        if self.num_samples is not None and self.num_samples < 1:
-            raise VoxtuneError(f"--num-samples {self.num_samples}: need at least 1")
-        if count_trials(self.space, self.search, self.num_samples) < 1:
-            raise VoxtuneError("the search space yields no trials")
-        return self
-
-    def per_trial(self) -> int:
-        k = {"experiment": 1, "data": self.workers}.get(self.mode, self.workers_per_trial)
-        if k is None:
-            raise VoxtuneError("--mode hybrid needs --workers-per-trial K (DDP workers in each trial)")
-        if self.mode == "experiment" and self.workers_per_trial not in (None, 1):
-            raise VoxtuneError("--mode experiment runs one worker per trial; drop --workers-per-trial or use hybrid")
-        if self.mode == "data" and self.workers_per_trial not in (None, self.workers):
-            raise VoxtuneError(f"--mode data runs every trial over all --workers {self.workers}; drop "
-                               "--workers-per-trial or use --mode hybrid")
-        if k < 1 or self.workers % k:
-            raise VoxtuneError(f"--workers-per-trial {k} must divide --workers {self.workers}")
-        return k
-
-    @property
-    def concurrent_trials(self) -> int:
-        return self.workers // self.per_trial()
-
-    @property
-    def epochs(self) -> int:
-        return make_config(self.base_config).epochs
-
-
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Fail in seconds, with one line, when nothing listens at a HOST:PORT --address.
-
-    Ray itself retries an unreachable GCS for minutes, logging as it goes; "auto" and ray://
-    addresses are left to Ray.
-    """
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or "://" in address or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise VoxtuneError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one "
-                           "with `ray start --head --port PORT` on that node, or fix the address") from None
-
-
-def _init_ray(address: str | None, settings: SearchSettings) -> float:
-    """Start or join Ray; returns seconds spent. Local: dashboard off, token auth as Ray sets it (on)."""
-    import ray
-
-    t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        _check_reachable(address)
-        kwargs["address"] = address
-    else:  # "local": always a fresh instance, never silently joining a cluster found on this machine
-        # A saturated laptop CPU can starve the raylet's heartbeats; give it a minute, not 15 s.
-        kwargs.update(address="local", include_dashboard=False,
-                      _system_config={"health_check_failure_threshold": 20, "health_check_timeout_ms": 10000})
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise VoxtuneError(f"--address {address}: cannot join the Ray cluster ({exc}); is `ray start --head` "
-                           "running there, and is RAY_AUTH_TOKEN_PATH set to its token?") from None
-    except Exception as exc:
-        if address:
-            raise
-        # Ray gives its own raylet a fixed 30 s to register; an overloaded machine can miss that.
-        # Nothing of the search exists yet (RUN is made after Ray is up), so a plain retry loses nothing.
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        raise VoxtuneError(f"could not start a local Ray instance ({str(exc).splitlines()[0][:200]}); the "
-                           f"1-minute load average is {load:.1f} on {os.cpu_count()} CPUs: run the command again "
-                           "when the machine is quieter, or start Ray yourself (`ray start --head`) and pass "
-                           "--address HOST:PORT") from None
-    have = ray.cluster_resources()
-    need_cpu = settings.workers * settings.cpus_per_worker
-    need_gpu = settings.workers * settings.gpus_per_worker
-    if have.get("CPU", 0) < need_cpu or have.get("GPU", 0) < need_gpu:
-        ray.shutdown()
-        raise VoxtuneError(f"{settings.workers} workers need {need_cpu:g} CPUs and {need_gpu:g} GPUs, but the "
-                           f"Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; "
-                           "lower --workers or --cpus-per-worker, or add nodes")
-    return time.perf_counter() - t0
 
 
 def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: bool) -> SearchSettings:
@@ -161,7 +46,27 @@ def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: boo
     return settings
 
 
+def _trial_settings(settings: SearchSettings, run_dir: Path, adopt: dict[str, str]) -> dict[str, Any]:
+    return {"run_dir": str(run_dir), "cache_dir": settings.cache_dir, "base_config": settings.base_config,
+            "workers_per_trial": settings.per_trial(), "cpus": settings.cpus_per_worker,
+            "gpus": settings.gpus_per_worker, "searched": list(settings.trial_space()), "adopt": adopt}
+
+
+def _adoptable(run_dir: Path, searched: list[str]) -> dict[str, str]:
+    """{searched values: folder} of the trials already in RUN: a search resumed without Tune's own state
+    (killed before Tune first saved it) gives its trials new ids, and they continue in these folders."""
+    from voxtune.parallel.trial import folder_key
+
+    found = {}
+    for trial_dir in sorted((run_dir / "trials").glob("*/")):
+        info = state.read(trial_dir)
+        if info.get("config") is not None:
+            found[folder_key(info["config"], searched)] = trial_dir.name
+    return found
+
+
 def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
+    """Ray Tune's Tuner for the search (restored from RUN/ray when resuming), and the folders it adopts."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -169,20 +74,14 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     from voxtune.parallel.progress import ProgressLines
     from voxtune.parallel.trial import run_trial
 
-    k = settings.per_trial()
-    bundle = {"CPU": settings.cpus_per_worker}
-    if settings.gpus_per_worker:
-        bundle["GPU"] = settings.gpus_per_worker
-    trial_settings = {"run_dir": str(run_dir), "cache_dir": str(Path(settings.cache_dir).resolve()),
-                      "base_config": settings.base_config, "workers_per_trial": k,
-                      "cpus": settings.cpus_per_worker, "gpus": settings.gpus_per_worker}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=trial_settings),
-                                    tune.PlacementGroupFactory([bundle] * k))
-    total = count_trials(settings.space, settings.search, settings.num_samples)
-    progress = ProgressLines(total, settings.epochs, list(settings.space))
-    experiment = run_dir / "ray"
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    space = settings.trial_space()
+    restore = resume and tune.Tuner.can_restore(str(run_dir / "ray"))
+    adopt = _adoptable(run_dir, list(space)) if resume and not restore else {}
+    bundle = {"CPU": settings.cpus_per_worker} | ({"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=_trial_settings(settings, run_dir, adopt)),
+                                    tune.PlacementGroupFactory([bundle] * settings.per_trial()))
+    if restore:
+        return tune.Tuner.restore(str(run_dir / "ray"), trainable, resume_unfinished=True, resume_errored=True), adopt
 
     search_alg = None
     if settings.search == "optuna":
@@ -196,11 +95,12 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     epochs = settings.epochs
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4),
                                reduction_factor=2) if settings.scheduler == "asha" else FIFOScheduler())
+    progress = ProgressLines(count_trials(settings.space, settings.search, settings.num_samples), epochs, list(space))
     return tune.Tuner(
         trainable,
-        param_space=to_tune(settings.space, settings.search),
+        param_space=to_tune(space, settings.search),
         tune_config=tune.TuneConfig(metric="val_dice", mode="max", search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=settings.num_samples or 1,
+                                    num_samples=settings.tune_samples,
                                     max_concurrent_trials=settings.concurrent_trials,
                                     # Reuse keeps DDP groups alive across trials, ASHA's stopped
                                     # ones included (run_trial ends their thread as Tune expects).
@@ -209,7 +109,7 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
         run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                                   callbacks=[progress, CSVLoggerCallback(), JsonLoggerCallback()], verbose=0),
-    )
+    ), adopt
 
 
 def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, address: str | None = None,
@@ -222,7 +122,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     settings = _search_settings(run_dir, settings, resume)
     if resume:
         read_manifest(settings.cache_dir)  # the saved cache may have gone since
-    searched = list(settings.space)
+    searched = list(settings.trial_space())
 
     import ray
 
@@ -238,28 +138,23 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     # (~3 s between Ray up and the first trial). Trials write their own TensorBoard events
     # (RUN/trials/<id>/tb); Tune keeps its CSV and JSON results, passed in explicitly below.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray_init_s = _init_ray(address, settings)
+    ray_init_s, cluster = init_ray(address, settings.workers * settings.cpus_per_worker,
+                                   settings.workers * settings.gpus_per_worker)
     t_search = time.time()  # the search starts with Ray up: the driver's own set-up counts
     if not resume:  # written once Ray is up: a cluster that cannot be joined leaves no half-made RUN
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "search.json", asdict(settings))
     try:
-        tuner = _tuner(settings, run_dir, resume)
-        interrupted = False
+        tuner, adopt = _tuner(settings, run_dir, resume)
         try:
             results = tuner.fit()
-            errors = {Path(r.path).name: f"{type(r.error).__name__}: {r.error}".splitlines()[0][:300]
-                      for r in results if r.error is not None}
-            _settle_trials(run_dir, settings, [(Path(r.path).name, r.config) for r in results], errors)
+            interrupted = False
         except KeyboardInterrupt:
-            interrupted, errors = True, {}
-        rows = outputs.trial_rows(run_dir, searched, errors)
-        interrupted = interrupted or any(r["status"] == "running" for r in rows)
-        for row in rows:
-            if row["status"] == "running":
-                row["status"] = "interrupted"
+            results, interrupted = [], True
+        _settle(run_dir, settings, results, adopt, interrupted)
+        rows = outputs.trial_rows(run_dir, searched)
         outputs.write_leaderboard(run_dir / "leaderboard.csv", rows)
-        finished = [r for r in rows if r["status"] in ("finished", "stopped") and r["val_dice"] != ""]
+        finished = [r for r in rows if r["status"] in state.FINAL and r["val_dice"] != ""]
         best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
         ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
         first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search)
@@ -275,10 +170,9 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             "startup_s": first_epoch - t_search if first_epoch is not None else None,
             "wall_time_s": (max(ends) - t_search) if ends else None,
             "command_time_s": time.perf_counter() - t_command,
-            "nodes": len({r["node"] for r in rows if r["node"]}),
+            "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),
             "best_trial": best["trial_id"] if best else None,
-            "cluster": ray.cluster_resources(),
-            "code_version": code_version(), "git_commit": git_commit(),
+            "cluster": cluster, "code_version": code_version(), "git_commit": git_commit(),
         }
         write_json(run_dir / "summary.json", summary)
         summary["rows"] = rows
@@ -287,30 +181,39 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         ray.shutdown()
 
 
-def _settle_trials(run_dir: Path, settings: SearchSettings, ended: list[tuple[str, dict[str, Any]]],
-                   errors: dict[str, str]) -> None:
-    """After a search that ran to its end, make each trial's trial.json agree with how Tune ended it.
+def _settle(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, str], interrupted: bool) -> None:
+    """Write, through voxtune.parallel.state, what no trial could write itself. `results`: Tune's
+    ResultGrid (empty when interrupted). Each trial Tune ended gets Tune's verdict if its trial.json
+    still says running; every other trial still running was interrupted, or lost with a search
+    killed before Tune first saved it (its config was not run again)."""
+    from voxtune.parallel.trial import trial_folder
 
-    `ended`: (trial_id, config) of every trial in Tune's results. A trial that failed before it ever
-    ran gets its row. A trial still marked running was stopped by the scheduler and then lost its
-    actor, which Tune kills once no trial is left to reuse it, before the trial's own last write
-    (a race the full suite caught): Tune's verdict stands, so it is marked finished or stopped.
-    """
-    for trial_id, config in ended:
-        trial_json = run_dir / "trials" / trial_id / "trial.json"
-        info = read_json(trial_json, {})
-        if not info:
-            write_json(trial_json, {"trial_id": trial_id, "status": "error",
-                                    "config": {k: config.get(k) for k in settings.space},
-                                    "reason": errors.get(trial_id, "never started")})
-        elif info.get("status") == "running" and trial_id not in errors:
-            metrics = trial_json.parent / "metrics.json"
-            records = read_json(metrics, [])
-            epochs = make_config(config, base=make_config(settings.base_config)).epochs
+    trial_settings = _trial_settings(settings, run_dir, adopt)
+    ended = set()
+    for result in results:
+        folder = trial_folder(trial_settings, Path(result.path).name, result.config)
+        ended.add(folder.name)
+        info = state.read(folder)
+        if result.error is not None:  # the worker died on every attempt, or the trial never started
+            if info.get("status") in (None, "running"):  # else the trial wrote its own, better reason
+                reason = state.reason_of(result.error)
+                fields = {} if info else {"trial_id": folder.name, "config": dict(result.config)}
+                state.end(folder, "error", reason=reason if info else f"never started: {reason}", **fields)
+        elif info.get("status") == "running":
+            # Tune ended it (its scheduler's stop, or the last epoch) and tore its actor down before the
+            # trial's own last write: Tune's verdict stands.
+            records = read_json(folder / "metrics.json", [])
+            epochs = make_config(result.config, base=make_config(settings.base_config)).epochs
             done = bool(records) and records[-1]["epoch"] >= epochs
-            info.update(status="finished" if done else "stopped", **outputs.trained(records),
-                        end_ts=metrics.stat().st_mtime if records else time.time())
-            write_json(trial_json, info)
+            state.end(folder, "finished" if done else "stopped", **outputs.trained(records),
+                      end_ts=(folder / "metrics.json").stat().st_mtime if records else time.time())
+    for trial_dir in sorted((run_dir / "trials").glob("*/")):
+        if trial_dir.name not in ended and state.read(trial_dir).get("status") == "running":
+            if interrupted:
+                state.end(trial_dir, "interrupted")
+            else:
+                state.end(trial_dir, "error", reason="lost: the search was killed before Ray Tune first saved "
+                                                     "it, and this config was not run again")
 
 
 def _evaluate(checkpoint: str, cache_dir: str, split: str, threads: int) -> dict[str, Any]:
@@ -325,7 +228,7 @@ def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) ->
     import ray
 
     trial_dir = run_dir / "trials" / row["trial_id"]
-    info = json.loads((trial_dir / "trial.json").read_text())
+    info = state.read(trial_dir)
     checkpoint = trial_dir / "checkpoints" / "best.pt"
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
     threads = max(1, int(settings.cpus_per_worker))

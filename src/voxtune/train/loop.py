@@ -30,7 +30,7 @@ from voxtune.config import TrainConfig, make_config, read_yaml, write_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.data.loader import CaseDataset, EpochSampler
 from voxtune.errors import VoxtuneError
-from voxtune.files import write_json
+from voxtune.files import disk_full, is_disk_full, write_json
 from voxtune.machine import usable_cpus
 from voxtune.models import build_model
 from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
@@ -48,6 +48,10 @@ BN_STATS_CASES = 32
 
 class TrainingDiverged(VoxtuneError):
     """The loss became NaN or infinite; the run cannot continue."""
+
+
+class Aborted(RuntimeError):
+    """The caller's `abort` check said stop (another rank failed); the caller knows why."""
 
 
 def _world() -> tuple[int, int]:
@@ -89,12 +93,19 @@ def _check_same_run(cfg: TrainConfig, out_dir: Path) -> None:
 
 
 def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
-        report: Reporter | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        report: Reporter | None = None, log: Callable[[str], None] | None = None,
+        abort: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train `cfg` on the cache's train split, validate on its val split every epoch.
 
     Returns {"best_val_dice", "best_epoch", "epochs", "train_time_s", "stopped_early", "metrics"}.
     Under DDP every rank calls this with the same arguments; ranks shard cases and reduce metrics.
+    abort() is asked before every step, statistics batch and validation case; True raises Aborted.
     """
+
+    def check() -> None:
+        if abort is not None and abort():
+            raise Aborted("stopped: another rank of this trial failed")
+
     rank, world = _world()
     out_dir = Path(out_dir)
     torch.set_num_threads(max(1, threads or usable_cpus()))
@@ -186,6 +197,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
             t_wait = time.perf_counter()
             for image, label in loader:
                 wait += time.perf_counter() - t_wait
+                check()
                 image, label = to_device(image), label.to(device, non_blocking=True).float()
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss = loss_fn(net(image), label)
@@ -208,10 +220,10 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
                 keys = list(sampler)[:bn_cases]  # this epoch's shuffled shard of this rank
                 batches = DataLoader(train_set, batch_size=cfg.batch_size, sampler=keys)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    recompute_bn_stats(model, (to_device(image) for image, _ in batches))
+                    recompute_bn_stats(model, (check() or to_device(image) for image, _ in batches))
             bn_stats_s = time.perf_counter() - t_bn
 
-            val = _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, len(regions))
+            val = _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, len(regions), check)
             val_loss_sum, n_val, *dice_sums = _all_sum(val, device)
             dice = [d / max(n_val, 1) for d in dice_sums]
             epoch_time = time.perf_counter() - t_epoch
@@ -236,7 +248,12 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
                 for key, value in record.items():
                     if key not in ("epoch", "workers"):
                         writer.add_scalar(key, value, epoch)
-                writer.flush()
+                try:
+                    writer.flush()
+                except OSError as exc:  # TensorBoard writes from its own thread and re-raises here
+                    if is_disk_full(exc):
+                        raise disk_full(out_dir / "tb") from None
+                    raise
                 if log:
                     log(f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                         f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
@@ -262,7 +279,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
 
 
 @torch.no_grad()
-def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_regions) -> list[float]:
+def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_regions, check=lambda: None) -> list[float]:
     """[val_loss_sum, n_cases, dice_sum_region_0, ...] over this rank's share of the val cases.
 
     Runs on the bare model, never the DDP wrapper: ranks hold different numbers of val cases
@@ -271,6 +288,7 @@ def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_region
     model.eval()
     loss_sum, n, dice_sum = 0.0, 0, torch.zeros(n_regions, dtype=torch.float64)
     for i in range(len(val_set)):
+        check()
         image, label = val_set[i]
         image, label = image[None].to(device).float(), label[None].to(device).float()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):

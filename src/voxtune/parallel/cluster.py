@@ -1,0 +1,85 @@
+"""Joining or starting the Ray cluster a search runs on, and what the driver does with signals.
+
+Local: always a fresh instance (never a cluster found on this machine), dashboard off, Ray's token
+authentication on (set explicitly, so Ray prints no advice on turning it off). --address: a head
+that does not answer fails in seconds with one line (Ray alone retries for minutes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from voxtune.errors import VoxtuneError
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """One line within seconds when nothing listens at a HOST:PORT --address ("auto" and ray:// are Ray's)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise VoxtuneError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one "
+                           "with `ray start --head --port PORT` on that node, or fix the address") from None
+
+
+def _token_available() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+def init_ray(address: str | None, cpus_needed: float, gpus_needed: float) -> tuple[float, dict[str, float]]:
+    """Start or join Ray; returns (seconds spent, the cluster's resources)."""
+    import ray
+
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        check_reachable(address)
+        kwargs["address"] = address
+        if "RAY_AUTH_MODE" not in os.environ and _token_available():
+            os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a local cluster, said explicitly
+        # A saturated laptop CPU can starve the raylet's heartbeats; give it a minute, not 15 s.
+        kwargs.update(address="local", include_dashboard=False,
+                      _system_config={"health_check_failure_threshold": 20, "health_check_timeout_ms": 10000})
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise VoxtuneError(f"--address {address}: cannot join the Ray cluster ({exc}); is `ray start --head` "
+                           "running there, and is RAY_AUTH_TOKEN_PATH set to its token?") from None
+    except Exception as exc:
+        if address:
+            raise
+        # Ray gives its own raylet a fixed 30 s to register; an overloaded machine can miss that.
+        # Nothing of the search exists yet (RUN is made after Ray is up), so a plain retry loses nothing.
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        raise VoxtuneError(f"could not start a local Ray instance ({str(exc).splitlines()[0][:200]}); the "
+                           f"1-minute load average is {load:.1f} on {os.cpu_count()} CPUs: run the command again "
+                           "when the machine is quieter, or start Ray yourself (`ray start --head`) and pass "
+                           "--address HOST:PORT") from None
+    have = ray.cluster_resources()
+    if have.get("CPU", 0) < cpus_needed or have.get("GPU", 0) < gpus_needed:
+        ray.shutdown()
+        raise VoxtuneError(f"the search needs {cpus_needed:g} CPUs and {gpus_needed:g} GPUs, but the Ray cluster "
+                           f"has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower --workers or "
+                           "--cpus-per-worker, or add nodes")
+    interrupt_on_term()
+    return time.perf_counter() - t0, dict(have)
+
+
+def interrupt_on_term() -> None:
+    """SIGTERM (scancel, a time limit, a plain `kill`) interrupts the driver as Ctrl-C does: it writes the
+    leaderboard so far and exits 130, ready for --resume. (ray.init installs a handler that exits
+    instead; this one replaces it.)"""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
