@@ -1,4 +1,4 @@
-"""scripts/slurm/voxtune-tune.sbatch under a fake SLURM: stub scontrol, srun, ray and voxtune.
+"""scripts/slurm/voxtune.sbatch under a fake SLURM: stub scontrol, srun, ray and voxtune.
 
 The stubs log every call (arguments, RAY_AUTH_MODE, the token file's mode) to one file in call
 order; `srun` drops its options and runs the command here; `ray start --block` blocks until
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "voxtune-tune.sbatch"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "voxtune.sbatch"
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed"),
@@ -112,7 +112,7 @@ def _assert_token_kept_secret(stub_dir: Path, home: Path, *outputs: str) -> None
 def test_sbatch_starts_token_cluster_runs_tune_and_stops(tmp_path):
     env, stub_dir = _fake_slurm(tmp_path)
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(SCRIPT), "--cache", "C", "--out", "R", "--mode", "experiment"],
+    proc = subprocess.run(["bash", str(SCRIPT), "tune", "--cache", "C", "--out", "R", "--mode", "experiment"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - t0 < 10
@@ -145,7 +145,7 @@ def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
     """TERM (SLURM's --signal=B:TERM@120 or scancel) -> the driver gets SIGINT (saves, exits 130) -> ray stop."""
     env, stub_dir = _fake_slurm(tmp_path, hostname_out="127.0.1.1 fe80::1 10.1.2.3 10.9.9.9")
     env["STUB_DRIVER_WAITS"] = "1"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["bash", str(SCRIPT), "tune", "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
@@ -167,7 +167,7 @@ def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
 def test_sbatch_fails_clearly_when_a_worker_never_registers(tmp_path):
     env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
     env.update(STUB_WORKER_NEVER_JOINS="1", VOXTUNE_RAY_WAIT_S="2")
-    proc = subprocess.run(["bash", str(SCRIPT), "--cache", "C", "--out", "R", "--mode", "experiment"],
+    proc = subprocess.run(["bash", str(SCRIPT), "tune", "--cache", "C", "--out", "R", "--mode", "experiment"],
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "1 of 2 Ray nodes registered after 2s" in proc.stderr
@@ -175,3 +175,25 @@ def test_sbatch_fails_clearly_when_a_worker_never_registers(tmp_path):
     assert not any(c.startswith("voxtune") for c in calls)
     assert any(c.startswith("ray stop") for c in calls)
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), proc.stdout, proc.stderr)
+
+
+def test_sbatch_bench_verb_runs_voxtune_bench_on_the_cluster(tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    proc = subprocess.run(["bash", str(SCRIPT), "bench", "--cache", "C", "--out", "B", "--workers", "1", "2"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = _calls(stub_dir)
+    driver = calls[_index(calls, "voxtune")]
+    assert driver.startswith("voxtune bench --address 10.1.2.3:6390 --cache C --out B --workers 1 2 |"), driver
+    assert driver.endswith("auth=token token_mode=600")
+    assert _index(calls, "ray stop") > calls.index(driver)
+    _assert_token_kept_secret(stub_dir, Path(env["HOME"]), proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("args", [[], ["--cache", "C", "--out", "R"], ["train", "--out", "R"]])
+def test_sbatch_without_tune_or_bench_first_starts_nothing(args, tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    proc = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "the first argument must be the verb, tune or bench" in proc.stderr
+    assert not (stub_dir / "calls.log").exists()
