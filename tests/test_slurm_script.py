@@ -60,6 +60,8 @@ esac
 echo "voxtune $* | {_AUTH}" >> "$STUB_DIR/calls.log"
 if [[ -n ${{STUB_DRIVER_WAITS:-}} ]]; then
   trap 'kill $! 2>/dev/null; echo "voxtune interrupted" >> "$STUB_DIR/calls.log"; exit 130' INT
+  # A Ray driver that gets TERM itself (a plain scancel signals every process) aborts.
+  trap 'kill $! 2>/dev/null; trap - ABRT; kill -ABRT $$' TERM
   touch "$STUB_DIR/driver_started"; sleep 30 >/dev/null 2>&1 & wait; exit 0
 fi
 """,
@@ -161,6 +163,28 @@ def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
     calls = _calls(stub_dir)
     assert any(c.startswith("voxtune tune --address 10.1.2.3:6390 --out R --resume |") for c in calls)
     assert _index(calls, "ray stop") > _index(calls, "voxtune interrupted")
+    _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
+
+
+def test_plain_scancel_that_kills_the_driver_is_explained_and_still_cleans_up(tmp_path):
+    """A plain scancel: TERM to every process at once; the driver aborts (134) before it can save."""
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    env["STUB_DRIVER_WAITS"] = "1"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "tune", "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (stub_dir / "driver_started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 134, out + err
+    assert "the driver ended by signal 6" in out and "scancel --batch --signal=TERM 4242" in out
+    assert any(c.startswith("ray stop") for c in _calls(stub_dir))
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
 
 
