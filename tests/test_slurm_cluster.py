@@ -106,7 +106,7 @@ def test_tune_on_two_nodes_stopped_then_resumed(slurm, job_path, cache_dir, tmp_
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
     job_id, output = _submit(slurm, job_path, tmp_path, "tune", "--cache", str(cache_dir), "--out", str(run),
-                             "--mode", "experiment", "--space", str(tmp_path / "space.yaml"), "--epochs", "3",
+                             "--mode", "experiment", "--space", str(tmp_path / "space.yaml"), "--epochs", "2",
                              "--workers", "2")
 
     def both_running_one_epoch_done() -> bool:
@@ -129,7 +129,7 @@ def test_tune_on_two_nodes_stopped_then_resumed(slurm, job_path, cache_dir, tmp_
     rows = _leaderboard(run)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}, rows
     for row in rows:  # a resumed trial continues from its checkpoint: each epoch once
-        assert _epochs(run / "trials" / row["trial_id"]) == [1, 2, 3], row["trial_id"]
+        assert _epochs(run / "trials" / row["trial_id"]) == [1, 2], row["trial_id"]
 
 
 def test_bench_on_two_nodes(slurm, job_path, cache_dir, tmp_path):
@@ -137,31 +137,33 @@ def test_bench_on_two_nodes(slurm, job_path, cache_dir, tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     bench = tmp_path / "bench"
     job = _run(slurm, job_path, tmp_path, "bench", "--cache", str(cache_dir), "--out", str(bench), "--space",
-               str(tmp_path / "space.yaml"), "--workers", "1", "2", "--modes", "data", "--trials", "2",
+               str(tmp_path / "space.yaml"), "--workers", "1", "2", "--modes", "data", "--trials", "1",
                "--epochs", "1")
     assert job.exit_code == 0, job.output[-3000:]
     result = json.loads((bench / "bench.json").read_text())
     assert [(r["mode"], r["workers"], r["status"]) for r in result["runs"]] == \
-        [("data", 1, {"finished": 2}), ("data", 2, {"finished": 2})]
+        [("data", 1, {"finished": 1}), ("data", 2, {"finished": 1})]
     assert result["settings"]["address"].startswith("127.0.0.2:")
-    for trial in (bench / "runs" / "data-w2" / "trials").iterdir():  # each trial's 2 DDP ranks, one per node
-        assert sorted(json.loads((trial / "trial.json").read_text())["nodes"]) == ["127.0.0.1", "127.0.0.2"]
+    trial, = (bench / "runs" / "data-w2" / "trials").iterdir()  # its 2 DDP ranks, one on each node
+    assert sorted(json.loads((trial / "trial.json").read_text())["nodes"]) == ["127.0.0.1", "127.0.0.2"]
 
 
 @pytest.mark.xfail(strict=False, reason="needs bench resume in src/voxtune/bench/benchmark.py")
 def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tmp_path):
-    """Submitting the same bench again after a stop: finished runs are kept as they are, the stopped one
-    continues from its checkpoints, and bench.json lists every run."""
+    """Stopped in its data-parallel run (each trial over both nodes) and submitted again: the finished
+    1-worker run is kept as it is, the stopped run continues from its checkpoints, bench.json lists both.
+
+    Once this passes, it covers test_bench_on_two_nodes too, which can then go (about a minute)."""
     (tmp_path / "space.yaml").write_text(SPACE)
     bench = tmp_path / "bench"
     args = ("bench", "--cache", str(cache_dir), "--out", str(bench), "--space", str(tmp_path / "space.yaml"),
-            "--workers", "1", "2", "--modes", "experiment", "--trials", "2", "--epochs", "3")
+            "--workers", "1", "2", "--modes", "data", "--trials", "2", "--epochs", "3")
     job_id, output = _submit(slurm, job_path, tmp_path, *args)
-    first, second = bench / "runs" / "experiment-w1", bench / "runs" / "experiment-w2"
+    first, second = bench / "runs" / "experiment-w1", bench / "runs" / "data-w2"
     _stop_when(slurm, job_id, output, lambda: any(_epochs(p) for p in second.glob("trials/*")),
-               "the second run's first epoch")
+               "the data-parallel run's first epoch")
     job = _finish(slurm, tmp_path, job_id, output)
-    assert job.exit_code == 130, job.output[-3000:]
+    assert job.exit_code == 130, job.output[-3000:]  # interrupted, as a search is
     kept = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in first.rglob("*") if p.is_file()}
     assert (first / "summary.json") in kept
 
@@ -169,6 +171,8 @@ def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tm
     assert job.exit_code == 0, job.output[-3000:]
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in first.rglob("*") if p.is_file()} == kept
     result = json.loads((bench / "bench.json").read_text())
-    assert [(r["workers"], r["status"]) for r in result["runs"]] == [(1, {"finished": 2}), (2, {"finished": 2})]
+    assert [(r["mode"], r["workers"], r["status"]) for r in result["runs"]] == \
+        [("data", 1, {"finished": 2}), ("data", 2, {"finished": 2})]
     for trial in (second / "trials").iterdir():
         assert _epochs(trial) == [1, 2, 3], trial.name
+        assert sorted(json.loads((trial / "trial.json").read_text())["nodes"]) == ["127.0.0.1", "127.0.0.2"]
