@@ -60,6 +60,7 @@ esac
 echo "voxtune $* | {_AUTH}" >> "$STUB_DIR/calls.log"
 if [[ -n ${{STUB_DRIVER_WAITS:-}} ]]; then
   trap 'kill $! 2>/dev/null; echo "voxtune interrupted" >> "$STUB_DIR/calls.log"; exit 130' INT
+  [[ -n ${{STUB_DRIVER_IGNORES_INT:-}} ]] && trap '' INT
   # A Ray driver that gets TERM itself (a plain scancel signals every process) aborts.
   trap 'kill $! 2>/dev/null; trap - ABRT; kill -ABRT $$' TERM
   touch "$STUB_DIR/driver_started"; sleep 30 >/dev/null 2>&1 & wait; exit 0
@@ -184,6 +185,30 @@ def test_plain_scancel_that_kills_the_driver_is_explained_and_still_cleans_up(tm
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 134, out + err
     assert "the driver ended with exit 134" in out and "scancel --batch --signal=TERM 4242" in out
+    assert any(c.startswith("ray stop") for c in _calls(stub_dir))
+    _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
+
+
+def test_a_driver_that_outlives_the_grace_period_is_killed_and_said_so(tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    env.update(STUB_DRIVER_WAITS="1", STUB_DRIVER_IGNORES_INT="1", VOXTUNE_STOP_GRACE_S="1")
+    proc = subprocess.Popen(["bash", str(SCRIPT), "bench", "--out", "B"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (stub_dir / "driver_started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        try:  # the stub driver's `sleep` outlives its SIGKILL
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 137, out + err
+    assert "the driver did not stop within 1s (VOXTUNE_STOP_GRACE_S); killed it" in out
+    assert "scancel --batch" not in out  # not the plain-scancel explanation: this was the time-limit stop
     assert any(c.startswith("ray stop") for c in _calls(stub_dir))
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
 
