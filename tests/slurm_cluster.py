@@ -68,12 +68,12 @@ def _which(tool: str) -> str:
 
 @dataclass
 class Job:
-    """A job that has left the queue: its final state, exit status (0-255) and signal, and output."""
+    """A job that has left the queue: its final state, exit status (0-255), the signal that ended it, and output."""
 
     id: int
     state: str
     exit_code: int
-    signal: int
+    exit_signal: int
     output: str
 
 
