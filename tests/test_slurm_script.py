@@ -1,4 +1,4 @@
-"""scripts/slurm/voxtune-tune.sbatch under a fake SLURM: stub scontrol, srun, ray and voxtune.
+"""scripts/slurm/voxtune.sbatch under a fake SLURM: stub scontrol, srun, ray and voxtune.
 
 The stubs log every call (arguments, RAY_AUTH_MODE, the token file's mode) to one file in call
 order; `srun` drops its options and runs the command here; `ray start --block` blocks until
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "voxtune-tune.sbatch"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "voxtune.sbatch"
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed"),
@@ -60,6 +60,9 @@ esac
 echo "voxtune $* | {_AUTH}" >> "$STUB_DIR/calls.log"
 if [[ -n ${{STUB_DRIVER_WAITS:-}} ]]; then
   trap 'kill $! 2>/dev/null; echo "voxtune interrupted" >> "$STUB_DIR/calls.log"; exit 130' INT
+  [[ -n ${{STUB_DRIVER_IGNORES_INT:-}} ]] && trap '' INT
+  # A Ray driver that gets TERM itself (a plain scancel signals every process) aborts.
+  trap 'kill $! 2>/dev/null; trap - ABRT; kill -ABRT $$' TERM
   touch "$STUB_DIR/driver_started"; sleep 30 >/dev/null 2>&1 & wait; exit 0
 fi
 """,
@@ -112,7 +115,7 @@ def _assert_token_kept_secret(stub_dir: Path, home: Path, *outputs: str) -> None
 def test_sbatch_starts_token_cluster_runs_tune_and_stops(tmp_path):
     env, stub_dir = _fake_slurm(tmp_path)
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(SCRIPT), "--cache", "C", "--out", "R", "--mode", "experiment"],
+    proc = subprocess.run(["bash", str(SCRIPT), "tune", "--cache", "C", "--out", "R", "--mode", "experiment"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - t0 < 10
@@ -145,7 +148,7 @@ def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
     """TERM (SLURM's --signal=B:TERM@120 or scancel) -> the driver gets SIGINT (saves, exits 130) -> ray stop."""
     env, stub_dir = _fake_slurm(tmp_path, hostname_out="127.0.1.1 fe80::1 10.1.2.3 10.9.9.9")
     env["STUB_DRIVER_WAITS"] = "1"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["bash", str(SCRIPT), "tune", "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
@@ -164,10 +167,56 @@ def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
 
 
+def test_plain_scancel_that_kills_the_driver_is_explained_and_still_cleans_up(tmp_path):
+    """A plain scancel: TERM to every process at once; the driver aborts (134) before it can save."""
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    env["STUB_DRIVER_WAITS"] = "1"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "tune", "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (stub_dir / "driver_started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 134, out + err
+    assert "the driver ended with exit 134" in out and "scancel --batch --signal=TERM 4242" in out
+    assert any(c.startswith("ray stop") for c in _calls(stub_dir))
+    _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
+
+
+def test_a_driver_that_outlives_the_grace_period_is_killed_and_said_so(tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    env.update(STUB_DRIVER_WAITS="1", STUB_DRIVER_IGNORES_INT="1", VOXTUNE_STOP_GRACE_S="1")
+    proc = subprocess.Popen(["bash", str(SCRIPT), "bench", "--out", "B"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (stub_dir / "driver_started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        try:  # the stub driver's `sleep` outlives its SIGKILL
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 137, out + err
+    assert "the driver did not stop within 1s (VOXTUNE_STOP_GRACE_S); killed it" in out
+    assert "scancel --batch" not in out  # not the plain-scancel explanation: this was the time-limit stop
+    assert any(c.startswith("ray stop") for c in _calls(stub_dir))
+    _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
+
+
 def test_sbatch_fails_clearly_when_a_worker_never_registers(tmp_path):
     env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
     env.update(STUB_WORKER_NEVER_JOINS="1", VOXTUNE_RAY_WAIT_S="2")
-    proc = subprocess.run(["bash", str(SCRIPT), "--cache", "C", "--out", "R", "--mode", "experiment"],
+    proc = subprocess.run(["bash", str(SCRIPT), "tune", "--cache", "C", "--out", "R", "--mode", "experiment"],
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "1 of 2 Ray nodes registered after 2s" in proc.stderr
@@ -175,3 +224,25 @@ def test_sbatch_fails_clearly_when_a_worker_never_registers(tmp_path):
     assert not any(c.startswith("voxtune") for c in calls)
     assert any(c.startswith("ray stop") for c in calls)
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), proc.stdout, proc.stderr)
+
+
+def test_sbatch_bench_verb_runs_voxtune_bench_on_the_cluster(tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    proc = subprocess.run(["bash", str(SCRIPT), "bench", "--cache", "C", "--out", "B", "--workers", "1", "2"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = _calls(stub_dir)
+    driver = calls[_index(calls, "voxtune")]
+    assert driver.startswith("voxtune bench --address 10.1.2.3:6390 --cache C --out B --workers 1 2 |"), driver
+    assert driver.endswith("auth=token token_mode=600")
+    assert _index(calls, "ray stop") > calls.index(driver)
+    _assert_token_kept_secret(stub_dir, Path(env["HOME"]), proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("args", [[], ["--cache", "C", "--out", "R"], ["train", "--out", "R"]])
+def test_sbatch_without_tune_or_bench_first_starts_nothing(args, tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
+    proc = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "the first argument must be the verb, tune or bench" in proc.stderr
+    assert not (stub_dir / "calls.log").exists()
