@@ -161,10 +161,10 @@ def test_bench_end_to_end(cache_dir, tmp_path):
         assert 0 <= r["best_val_dice"] <= 1 and 0 <= r["test_dice"] <= 1
         assert len(r["repeats"]) == 1 and len(r["repeats"][0]["val_dice"]) == 2
         if r["workers"] == 1:
-            assert r["speedup"] == 1.0 and r["run"] == "runs/experiment-w1-r1"
+            assert r["speedup"] == 1.0 and r["repeats"][0]["run"] == "runs/experiment-w1-r1"
     data2 = next(r for r in bench["runs"] if r["mode"] == "data" and r["workers"] == 2)
     assert (data2["workers_per_trial"], data2["concurrent_trials"], data2["ddp_recipe"]) == (2, 1, "global-batch")
-    configs = [json.loads((out / data2["run"] / "search.json").read_text())["base_config"]]
+    configs = [json.loads((out / data2["repeats"][0]["run"] / "search.json").read_text())["base_config"]]
     assert configs[0]["batch_size"] == 1 and configs[0]["scale_lr"] is False  # 2 ranks x 1 = the global batch 2
     settings = bench["settings"]
     assert settings["target_dice"] == pytest.approx(0.95 * max(r["best_val_dice"] for r in bench["runs"]))

@@ -392,3 +392,80 @@ def test_checkpoints_load_weights_only(tmp_path):
     with pytest.raises(VoxtuneError, match="not a readable voxtune checkpoint"):
         load_checkpoint(tmp_path / "last.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture(scope="module")
+def two_val_cache(msd_dir, tmp_path_factory):
+    """The 8-case phantoms split 4 / 2 / 2, so that two DDP ranks each validate a case of their own."""
+    from voxtune.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("two_val") / "cache"
+    assert prepare(msd_dir, out, split=(0.5, 0.25, 0.25)).ok
+    return out
+
+
+@pytest.mark.slow
+def test_a_cache_file_only_rank_1_reads_fails_its_trial_in_seconds(two_val_cache, tmp_path):
+    """Rank 1's validation case is damaged: rank 1 refuses it before training while rank 0 waits in its
+    first all-reduce. The trial must end 'error' with rank 1's one line (the file), within seconds and
+    without retries, instead of a gloo timeout after 10 minutes; the search goes on to its next trial."""
+    import shutil
+
+    cache = Path(shutil.copytree(two_val_cache, tmp_path / "cache"))
+    manifest = _read(cache / "manifest.json")
+    rank1_case = [c for c in manifest["cases"] if c["split"] == "val"][1]
+    image = cache / rank1_case["files"]["image"]
+    data = bytearray(image.read_bytes())
+    data[200] ^= 0xFF
+    image.write_bytes(bytes(data))
+    run = tmp_path / "run"
+    rc, out, err = _finish(_tune(run, cache, "lr: {grid: [0.001, 0.005]}\n", "--mode", "data", "--workers", "2",
+                                 "--epochs", "2"))
+    assert rc == 2, err[-3000:]  # every trial failed: one line, exit 2
+    assert "Traceback" not in err.strip().splitlines()[-1]
+    rows = _leaderboard(run)
+    assert len(rows) == 2  # the search went on after the first trial failed
+    for row in rows:
+        info = _read(run / "trials" / row["trial_id"] / "trial.json")
+        assert row["status"] == "error" and info["attempts"] == 1
+        assert row["reason"].startswith(f"rank 1: {image}: does not match the manifest"), row["reason"]
+        assert info["end_ts"] - info["attempt_start_ts"] < 60
+
+
+@pytest.mark.slow
+def test_sigterm_interrupts_the_driver_like_ctrl_c(cache_dir, tmp_path):
+    """What scancel and a time limit send: the leaderboard so far, exit 130, the --resume line, and no
+    line advising to turn Ray's authentication off."""
+    run = tmp_path / "run"
+    proc = _tune(run, cache_dir, "lr: {grid: [0.001, 0.005]}\n", "--mode", "experiment", "--workers", "2",
+                 "--epochs", "10")
+    _wait_for(lambda: any(_epochs(run, t) for t in _trials(run)), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    rc, out, err = _finish(proc)
+    assert rc == 130, err[-3000:]
+    assert f"voxtune tune --out {run} --resume" in err and "Traceback" not in err
+    assert "RAY_AUTH_MODE=disabled" not in out + err and "opt out" not in out + err
+    assert {r["status"] for r in _leaderboard(run)} == {"interrupted"}
+
+
+@pytest.mark.slow
+def test_resume_recovers_trials_tune_never_saved(cache_dir, tmp_path):
+    """The job died before Ray Tune first saved its state: --resume starts Tune afresh (new trial ids),
+    and each trial continues in its own folder from its checkpoint; none is left 'running'."""
+    import shutil
+
+    run = tmp_path / "run"
+    space = "lr: {grid: [0.001, 0.005]}\n"
+    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "4")
+    _wait_for(lambda: sum(bool(_epochs(run, t)) for t in _trials(run)) == 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    shutil.rmtree(run / "ray")  # as if Tune had not saved its state yet
+    before = {t: _epochs(run, t) for t in _trials(run)}
+    rc, out, err = _finish(_tune(run, cache_dir, space, "--resume"))
+    assert rc == 0, err[-3000:]
+    rows = _leaderboard(run)
+    assert sorted(r["trial_id"] for r in rows) == sorted(before)  # the same folders, no new ones
+    for row in rows:
+        assert row["status"] == "finished" and _epochs(run, row["trial_id"]) == [1, 2, 3, 4]
+        assert _read(run / "trials" / row["trial_id"] / "trial.json")["attempts"] == 2

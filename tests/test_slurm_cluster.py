@@ -132,34 +132,16 @@ def test_tune_on_two_nodes_stopped_then_resumed(slurm, job_path, cache_dir, tmp_
         assert _epochs(run / "trials" / row["trial_id"]) == [1, 2], row["trial_id"]
 
 
-def test_bench_on_two_nodes(slurm, job_path, cache_dir, tmp_path):
-    """`voxtune bench` under the launcher: the 1-worker baseline, then data parallelism over both nodes."""
-    (tmp_path / "space.yaml").write_text(SPACE)
-    bench = tmp_path / "bench"
-    job = _run(slurm, job_path, tmp_path, "bench", "--cache", str(cache_dir), "--out", str(bench), "--space",
-               str(tmp_path / "space.yaml"), "--workers", "1", "2", "--modes", "data", "--trials", "1",
-               "--epochs", "1")
-    assert job.exit_code == 0, job.output[-3000:]
-    result = json.loads((bench / "bench.json").read_text())
-    assert [(r["mode"], r["workers"], r["status"]) for r in result["runs"]] == \
-        [("data", 1, {"finished": 1}), ("data", 2, {"finished": 1})]
-    assert result["settings"]["address"].startswith("127.0.0.2:")
-    trial, = (bench / "runs" / "data-w2" / "trials").iterdir()  # its 2 DDP ranks, one on each node
-    assert sorted(json.loads((trial / "trial.json").read_text())["nodes"]) == ["127.0.0.1", "127.0.0.2"]
-
-
-@pytest.mark.xfail(strict=False, reason="needs bench resume in src/voxtune/bench/benchmark.py")
 def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tmp_path):
-    """Stopped in its data-parallel run (each trial over both nodes) and submitted again: the finished
-    1-worker run is kept as it is, the stopped run continues from its checkpoints, bench.json lists both.
-
-    Once this passes, it covers test_bench_on_two_nodes too, which can then go (about a minute)."""
+    """`voxtune bench` under the launcher: the 1-worker baseline, then data parallelism with each trial's
+    two ranks on both nodes. Stopped in that run and submitted again: the finished 1-worker run is kept as
+    it is, the stopped run continues from its checkpoints, bench.json lists both."""
     (tmp_path / "space.yaml").write_text(SPACE)
     bench = tmp_path / "bench"
     args = ("bench", "--cache", str(cache_dir), "--out", str(bench), "--space", str(tmp_path / "space.yaml"),
             "--workers", "1", "2", "--modes", "data", "--trials", "2", "--epochs", "3")
     job_id, output = _submit(slurm, job_path, tmp_path, *args)
-    first, second = bench / "runs" / "experiment-w1", bench / "runs" / "data-w2"
+    first, second = bench / "runs" / "experiment-w1-r1", bench / "runs" / "data-w2-global-batch-r1"
     _stop_when(slurm, job_id, output, lambda: any(_epochs(p) for p in second.glob("trials/*")),
                "the data-parallel run's first epoch")
     job = _finish(slurm, tmp_path, job_id, output)
@@ -173,6 +155,9 @@ def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tm
     result = json.loads((bench / "bench.json").read_text())
     assert [(r["mode"], r["workers"], r["status"]) for r in result["runs"]] == \
         [("data", 1, {"finished": 2}), ("data", 2, {"finished": 2})]
+    assert [r["how"] for row in result["runs"] for r in row["repeats"]] == ["reused", "resumed"]
+    assert result["settings"]["address"].startswith("127.0.0.2:")
     for trial in (second / "trials").iterdir():
         assert _epochs(trial) == [1, 2, 3], trial.name
-        assert sorted(json.loads((trial / "trial.json").read_text())["nodes"]) == ["127.0.0.1", "127.0.0.2"]
+        info = json.loads((trial / "trial.json").read_text())
+        assert sorted(info["node_ips"]) == ["127.0.0.1", "127.0.0.2"] and len(set(info["nodes"])) == 2

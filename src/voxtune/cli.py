@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voxtune {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"voxtune {args.verb}: interrupted", file=sys.stderr)
+        again = {"bench": "; run the same command again to continue it (finished runs are kept)"}
+        print(f"voxtune {args.verb}: interrupted{again.get(args.verb, '')}", file=sys.stderr)
         return 130
 
 

@@ -194,7 +194,7 @@ def _run_one(bench_dir: Path, name: str, settings, address: str | None) -> tuple
             summary["rows"] = outputs.trial_rows(run_dir, summary["searched"])
             return summary, "reused"
         if same and (run_dir / "search.json").exists():
-            return run_search(run_dir, address=address, resume=True), "resumed"
+            return _finished(run_search(run_dir, address=address, resume=True), name), "resumed"
         stale = bench_dir / "runs" / "stale" / name
         shutil.rmtree(stale, ignore_errors=True)
         stale.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,15 @@ def _run_one(bench_dir: Path, name: str, settings, address: str | None) -> tuple
         print(f"bench: {name} was made by other code or settings; moved to {stale}, running it again", flush=True)
     run_dir.mkdir(parents=True)
     write_json(stamp, {"code_version": code_version(), "git_commit": git_commit()})
-    return run_search(run_dir, settings, address=address), "ran"
+    return _finished(run_search(run_dir, settings, address=address), name), "ran"
+
+
+def _finished(summary: dict[str, Any], name: str) -> dict[str, Any]:
+    """A search the driver's interrupt (Ctrl-C, a time limit, scancel) stopped stops the bench too: running
+    the same command again continues it."""
+    if summary["interrupted"]:
+        raise KeyboardInterrupt(f"bench run {name} interrupted")
+    return summary
 
 
 def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: list[str], trials: int,

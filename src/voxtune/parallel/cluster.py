@@ -1,8 +1,8 @@
 """Joining or starting the Ray cluster a search runs on, and what the driver does with signals.
 
 Local: always a fresh instance (never a cluster found on this machine), dashboard off, Ray's token
-authentication on (set explicitly, so Ray prints no advice on turning it off). --address: a head
-that does not answer fails in seconds with one line (Ray alone retries for minutes).
+authentication on, as Ray 2.60 does by default (its note on how to turn that off is not printed).
+--address: a head that does not answer fails in seconds with one line (Ray alone retries for minutes).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 from voxtune.errors import VoxtuneError
@@ -29,9 +28,12 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
                            "with `ray start --head --port PORT` on that node, or fix the address") from None
 
 
-def _token_available() -> bool:
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+class _NoOptOutAdvice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out" warning:
+    on every run, a newcomer reads it as advice to turn security off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "to opt out" not in record.getMessage()
 
 
 def init_ray(address: str | None, cpus_needed: float, gpus_needed: float) -> tuple[float, dict[str, float]]:
@@ -40,13 +42,11 @@ def init_ray(address: str | None, cpus_needed: float, gpus_needed: float) -> tup
 
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_NoOptOutAdvice())
     if address:
         check_reachable(address)
         kwargs["address"] = address
-        if "RAY_AUTH_MODE" not in os.environ and _token_available():
-            os.environ["RAY_AUTH_MODE"] = "token"
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a local cluster, said explicitly
         # A saturated laptop CPU can starve the raylet's heartbeats; give it a minute, not 15 s.
         kwargs.update(address="local", include_dashboard=False,
                       _system_config={"health_check_failure_threshold": 20, "health_check_timeout_ms": 10000})

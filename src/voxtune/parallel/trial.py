@@ -73,7 +73,9 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         except SystemExit:  # Tune's scheduler stopped this trial: let every rank leave cleanly
             stopped_by_tune = True
             # Written at once: with no next trial, Tune may kill this actor before the ranks have left.
-            state.end(out, "stopped", **outputs.trained(read_json(out / "metrics.json", [])))
+            # (ASHA also stops a trial at its last epoch, max_t: that one finished.)
+            state.end(out, "finished" if record["epoch"] >= cfg.epochs else "stopped",
+                      **outputs.trained(read_json(out / "metrics.json", [])))
             return True
         return False
 
