@@ -5,9 +5,10 @@ slurmd, n1 and n2, each offering 1 CPU. The launcher starts a Ray node on each: 
 127.0.0.2 (VOXTUNE_HEAD_IP; Ray would replace 127.0.0.1 by the machine's network address), the
 worker on n2 at 127.0.0.1, so trials show which node ran them and no traffic leaves loopback.
 
-A stop is what SLURM sends when the time limit is near (`--signal=B:TERM@120`): TERM to the batch
-script only, here with `scancel --batch --signal=TERM`. (A plain `scancel` signals every process of
-the job at once, the Ray nodes and the driver included; see docs/slurm.md.)
+Two stops: what SLURM sends when the time limit is near (`--signal=B:TERM@120`), TERM to the batch
+script only, here with `scancel --batch --signal=TERM` (the bench test); and a plain `scancel`, TERM
+to every process of the job at once, the Ray nodes and the driver included (the tune test). Both
+save the search's state and end the driver with 130.
 """
 from __future__ import annotations
 
@@ -78,15 +79,19 @@ def _run(slurm, job_path: str, tmp_path: Path, *args: str):
     return _finish(slurm, tmp_path, *_submit(slurm, job_path, tmp_path, *args))
 
 
-def _stop_when(slurm, job_id: int, output: Path, ready, what: str) -> None:
-    """Once `ready()` holds, send TERM to the batch script, as SLURM does before the time limit."""
+def _stop_when(slurm, job_id: int, output: Path, ready, what: str, plain: bool = False) -> None:
+    """Once `ready()` holds, send TERM to the batch script, as SLURM does before the time limit, or with
+    `plain` to every process of the job, as a plain `scancel` does."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not ready():
         state = slurm.state(job_id)
         assert state in ("PENDING", "RUNNING") and time.monotonic() < deadline, \
             f"job {job_id} {state} before {what}:\n" + (output.read_text()[-3000:] if output.exists() else "")
         time.sleep(0.2)
-    slurm.client("scancel", "--batch", "--signal=TERM", str(job_id))
+    if plain:
+        slurm.client("scancel", str(job_id))
+    else:
+        slurm.client("scancel", "--batch", "--signal=TERM", str(job_id))
 
 
 def _leaderboard(run: Path) -> list[dict]:
@@ -101,8 +106,9 @@ def _epochs(trial_dir: Path) -> list[int]:
         return []
 
 
-def test_tune_on_two_nodes_stopped_then_resumed(slurm, job_path, cache_dir, tmp_path):
-    """A search spread over both nodes; stopped after an epoch (leaderboard saved, exit 130), then resumed."""
+def test_tune_on_two_nodes_cancelled_then_resumed(slurm, job_path, cache_dir, tmp_path):
+    """A search spread over both nodes; a plain scancel after an epoch (every process of the job gets TERM:
+    the driver saves the leaderboard and exits 130 though Ray stops under it), then resumed."""
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
     job_id, output = _submit(slurm, job_path, tmp_path, "tune", "--cache", str(cache_dir), "--out", str(run),
@@ -114,10 +120,11 @@ def test_tune_on_two_nodes_stopped_then_resumed(slurm, job_path, cache_dir, tmp_
         return len({t.get("node") for t in started} - {None}) == 2 and \
             any(_epochs(p) for p in run.glob("trials/*"))
 
-    _stop_when(slurm, job_id, output, both_running_one_epoch_done, "two trials ran and one finished an epoch")
+    _stop_when(slurm, job_id, output, both_running_one_epoch_done, "two trials ran and one finished an epoch",
+               plain=True)
     job = _finish(slurm, tmp_path, job_id, output)
     assert job.exit_code == 130, job.output[-3000:]  # the driver's: interrupted, resume with --resume
-    assert "interrupting the driver" in job.output
+    assert "resume it with: voxtune tune --out" in job.output
     rows = _leaderboard(run)
     assert "interrupted" in {r["status"] for r in rows}
     started = [r for r in rows if r["node"]]

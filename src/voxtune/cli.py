@@ -78,7 +78,7 @@ def _search_settings(args: argparse.Namespace):
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from voxtune.parallel.outputs import format_leaderboard
-    from voxtune.parallel.tune import run_search
+    from voxtune.parallel.tune import resume_hint, run_search
 
     if not args.resume and (args.cache is None or args.mode is None):
         raise VoxtuneError("--cache and --mode are required (or --resume to continue the search in --out)")
@@ -86,8 +86,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     summary = run_search(args.out, settings, address=args.address, resume=args.resume)
     print(format_leaderboard(summary["rows"], summary["searched"]))
     if summary["interrupted"]:
-        print(f"search interrupted; leaderboard so far in {args.out}/leaderboard.csv\n"
-              f"resume it with: voxtune tune --out {args.out} --resume", file=sys.stderr)
+        print(resume_hint(summary, args.out), file=sys.stderr)
         return 130
     if not any(summary["status"].get(k) for k in ("finished", "stopped")):
         reasons = {r["reason"] for r in summary["rows"] if r["reason"]}

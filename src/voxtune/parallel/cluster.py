@@ -10,7 +10,10 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from voxtune.errors import VoxtuneError
@@ -71,15 +74,25 @@ def init_ray(address: str | None, cpus_needed: float, gpus_needed: float) -> tup
         raise VoxtuneError(f"the search needs {cpus_needed:g} CPUs and {gpus_needed:g} GPUs, but the Ray cluster "
                            f"has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower --workers or "
                            "--cpus-per-worker, or add nodes")
-    interrupt_on_term()
     return time.perf_counter() - t0, dict(have)
 
 
-def interrupt_on_term() -> None:
-    """SIGTERM (scancel, a time limit, a plain `kill`) interrupts the driver as Ctrl-C does: it writes the
-    leaderboard so far and exits 130, ready for --resume. (ray.init installs a handler that exits
-    instead; this one replaces it.)"""
+def interrupt_on_term(save: Callable[[], str], grace_s: float = 10.0) -> None:
+    """SIGTERM (scancel, a time limit, a plain `kill`) interrupts the driver as Ctrl-C does, and exits 130
+    ready for --resume. `save()` writes the search's state at once, without Ray, and returns what to tell
+    the user: under SLURM a plain scancel stops the Ray processes in the same instant, and the usual
+    clean-up that follows can hang on them; after `grace_s` the process ends with 130 regardless.
+    (ray.init installs a handler that aborts instead; this one replaces it.)"""
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one save; a second TERM changes nothing
+        message = save()
+
+        def give_up() -> None:
+            time.sleep(grace_s)
+            print(message, file=sys.stderr, flush=True)
+            os._exit(130)
+
+        threading.Thread(target=give_up, daemon=True).start()
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)

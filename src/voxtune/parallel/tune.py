@@ -24,7 +24,7 @@ from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
 from voxtune.parallel import outputs, state
-from voxtune.parallel.cluster import init_ray
+from voxtune.parallel.cluster import init_ray, interrupt_on_term
 from voxtune.parallel.settings import SCHEDULERS, SEARCHES, SearchSettings  # noqa: F401  (re-exported)
 from voxtune.parallel.space import count_trials, to_tune
 from voxtune.provenance import code_version, git_commit
@@ -122,7 +122,6 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     settings = _search_settings(run_dir, settings, resume)
     if resume:
         read_manifest(settings.cache_dir)  # the saved cache may have gone since
-    searched = list(settings.trial_space())
 
     import ray
 
@@ -146,39 +145,59 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         write_json(run_dir / "search.json", asdict(settings))
     try:
         tuner, adopt = _tuner(settings, run_dir, resume)
+
+        def finish(results, interrupted: bool) -> dict[str, Any]:
+            return _finish(run_dir, settings, results, adopt, interrupted, t_search, t_command, ray_init_s, cluster)
+
+        # SIGTERM: the search's state is saved before anything asks Ray, which may be stopping too.
+        interrupt_on_term(lambda: resume_hint(finish([], True), run_dir))
         try:
             results = tuner.fit()
             interrupted = False
         except KeyboardInterrupt:
             results, interrupted = [], True
-        _settle(run_dir, settings, results, adopt, interrupted)
-        rows = outputs.trial_rows(run_dir, searched)
-        outputs.write_leaderboard(run_dir / "leaderboard.csv", rows)
-        finished = [r for r in rows if r["status"] in state.FINAL and r["val_dice"] != ""]
-        best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
-        ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
-        first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search)
-        summary = {
-            "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
-            "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
-            "gpus_per_worker": settings.gpus_per_worker, "search": settings.search,
-            "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
-            "status": outputs.status_counts(rows), "interrupted": interrupted,
-            # The timing fields, as the README's glossary defines them (every span in seconds):
-            "ray_init_s": ray_init_s,
-            "search_start_ts": t_search,
-            "startup_s": first_epoch - t_search if first_epoch is not None else None,
-            "wall_time_s": (max(ends) - t_search) if ends else None,
-            "command_time_s": time.perf_counter() - t_command,
-            "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),
-            "best_trial": best["trial_id"] if best else None,
-            "cluster": cluster, "code_version": code_version(), "git_commit": git_commit(),
-        }
-        write_json(run_dir / "summary.json", summary)
-        summary["rows"] = rows
-        return summary
+        return finish(results, interrupted)
     finally:
         ray.shutdown()
+
+
+def resume_hint(summary: dict[str, Any], run_dir: Path) -> str:
+    """What an interrupted search tells the user."""
+    return (f"search interrupted; leaderboard so far in {run_dir}/leaderboard.csv\n"
+            f"resume it with: voxtune tune --out {run_dir} --resume")
+
+
+def _finish(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, str], interrupted: bool,
+            t_search: float, t_command: float, ray_init_s: float, cluster: dict[str, float]) -> dict[str, Any]:
+    """Settle the trials, then write leaderboard.csv, best.json (not when interrupted) and summary.json;
+    returns the summary with the leaderboard's rows. Asks Ray nothing but the best trial's test score."""
+    searched = list(settings.trial_space())
+    _settle(run_dir, settings, results, adopt, interrupted)
+    rows = outputs.trial_rows(run_dir, searched)
+    outputs.write_leaderboard(run_dir / "leaderboard.csv", rows)
+    finished = [r for r in rows if r["status"] in state.FINAL and r["val_dice"] != ""]
+    best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
+    ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
+    first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search)
+    summary = {
+        "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
+        "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
+        "gpus_per_worker": settings.gpus_per_worker, "search": settings.search,
+        "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
+        "status": outputs.status_counts(rows), "interrupted": interrupted,
+        # The timing fields, as the README's glossary defines them (every span in seconds):
+        "ray_init_s": ray_init_s,
+        "search_start_ts": t_search,
+        "startup_s": first_epoch - t_search if first_epoch is not None else None,
+        "wall_time_s": (max(ends) - t_search) if ends else None,
+        "command_time_s": time.perf_counter() - t_command,
+        "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),
+        "best_trial": best["trial_id"] if best else None,
+        "cluster": cluster, "code_version": code_version(), "git_commit": git_commit(),
+    }
+    write_json(run_dir / "summary.json", summary)
+    summary["rows"] = rows
+    return summary
 
 
 def _settle(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, str], interrupted: bool) -> None:
