@@ -144,23 +144,36 @@ def test_sbatch_starts_token_cluster_runs_tune_and_stops(tmp_path):
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), proc.stdout, proc.stderr)
 
 
-def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
-    """TERM (SLURM's --signal=B:TERM@120 or scancel) -> the driver gets SIGINT (saves, exits 130) -> ray stop."""
-    env, stub_dir = _fake_slurm(tmp_path, hostname_out="127.0.1.1 fe80::1 10.1.2.3 10.9.9.9")
-    env["STUB_DRIVER_WAITS"] = "1"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "tune", "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
+def _stop_running_driver(env: dict[str, str], stub_dir: Path, args: list[str], whole_job: bool = False):
+    """Run the script with `args` until the stub driver is up, then send TERM to the script alone (as
+    the time limit does) or to every process of the job (`whole_job`, as a plain scancel does);
+    returns (exit code, stdout, stderr)."""
+    proc = subprocess.Popen(["bash", str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while not (stub_dir / "driver_started").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        if whole_job:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
+        try:  # a stub driver's `sleep` can outlive it
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, out + err  # the interrupted driver's exit code
+        except ProcessLookupError:
+            pass
+    return proc.returncode, out, err
+
+
+def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
+    """TERM (SLURM's --signal=B:TERM@120 or scancel) -> the driver gets SIGINT (saves, exits 130) -> ray stop."""
+    env, stub_dir = _fake_slurm(tmp_path, hostname_out="127.0.1.1 fe80::1 10.1.2.3 10.9.9.9")
+    env["STUB_DRIVER_WAITS"] = "1"
+    rc, out, err = _stop_running_driver(env, stub_dir, ["tune", "--out", "R", "--resume"])
+    assert rc == 130, out + err  # the interrupted driver's exit code
     calls = _calls(stub_dir)
     assert any(c.startswith("voxtune tune --address 10.1.2.3:6390 --out R --resume |") for c in calls)
     assert _index(calls, "ray stop") > _index(calls, "voxtune interrupted")
@@ -168,22 +181,12 @@ def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):
 
 
 def test_plain_scancel_that_kills_the_driver_is_explained_and_still_cleans_up(tmp_path):
-    """A plain scancel: TERM to every process at once; the driver aborts (134) before it can save."""
+    """A plain scancel: TERM to every process at once; a driver that dies under it before it saves (as Ray's
+    own handler aborted it, 134, before voxtune replaced that handler) is explained, and Ray still stopped."""
     env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
     env["STUB_DRIVER_WAITS"] = "1"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "tune", "--out", "R", "--resume"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not (stub_dir / "driver_started").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 134, out + err
+    rc, out, err = _stop_running_driver(env, stub_dir, ["tune", "--out", "R", "--resume"], whole_job=True)
+    assert rc == 134, out + err
     assert "the driver ended with exit 134" in out and "scancel --batch --signal=TERM 4242" in out
     assert any(c.startswith("ray stop") for c in _calls(stub_dir))
     _assert_token_kept_secret(stub_dir, Path(env["HOME"]), out, err)
@@ -192,21 +195,8 @@ def test_plain_scancel_that_kills_the_driver_is_explained_and_still_cleans_up(tm
 def test_a_driver_that_outlives_the_grace_period_is_killed_and_said_so(tmp_path):
     env, stub_dir = _fake_slurm(tmp_path, hostname_out="10.1.2.3")
     env.update(STUB_DRIVER_WAITS="1", STUB_DRIVER_IGNORES_INT="1", VOXTUNE_STOP_GRACE_S="1")
-    proc = subprocess.Popen(["bash", str(SCRIPT), "bench", "--out", "B"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not (stub_dir / "driver_started").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        try:  # the stub driver's `sleep` outlives its SIGKILL
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 137, out + err
+    rc, out, err = _stop_running_driver(env, stub_dir, ["bench", "--out", "B"])
+    assert rc == 137, out + err
     assert "the driver did not stop within 1s (VOXTUNE_STOP_GRACE_S); killed it" in out
     assert "scancel --batch" not in out  # not the plain-scancel explanation: this was the time-limit stop
     assert any(c.startswith("ray stop") for c in _calls(stub_dir))
