@@ -86,7 +86,7 @@ _TIMING = {"mode": "mode", "workers": "workers (W)", "workers_per_trial": "worke
            "wall_time_s": "search wall time (s)", "startup_s": "start-up until first trial trains (s)",
            "ray_init_s": "Ray start (s)", "command_time_s": "whole command (s)", "interrupted": "interrupted"}
 # Columns of leaderboard.csv the table leaves out: raw epoch timestamps are shown as a timeline.
-_HIDDEN = ("start_ts", "end_ts", "node_ip")
+_HIDDEN = ("start_ts", "attempt_start_ts", "end_ts", "node_ip", "node")  # node: rank 0's, among `nodes`
 
 
 def _figure_tag(fig, alt: str) -> str:
@@ -115,8 +115,8 @@ def _table(columns: list[str], rows: list[dict[str, Any]], best: str | None = No
             raw = row.get(c, "")
             raw = "" if raw is None else raw
             shown = short(raw)
-            if c == "node" and len(shown) > 12:  # Ray node ids are 56 hex digits
-                shown = shown[:8] + "…"
+            if c in ("node", "nodes"):  # Ray node ids are 56 hex digits: the first 8 tell them apart
+                shown = ";".join(n[:8] + "…" if len(n) > 12 else n for n in shown.split(";"))
             text = ' class="text"' if number(raw) is None else ""
             cells.append(f'<td{text} data-v="{html.escape(str(raw))}" title="{html.escape(str(raw))}">'
                          f"{html.escape(shown)}</td>")

@@ -42,7 +42,8 @@ Reporter = Callable[[dict[str, Any]], bool]
 
 # Training cases (over all ranks) whose batch statistics become the BatchNorm running statistics
 # before each validation and checkpoint (voxtune.train.batchnorm): every case of a small cache, a
-# bounded forward-only pass on a large one (32 of the paper's 339: ~3 % of an epoch's compute).
+# bounded forward-only pass on a large one (32 of the paper's 339 cases, forward only, is about
+# 32 / 339 / 3 = 3 % of an epoch's training compute).
 BN_STATS_CASES = 32
 
 
@@ -246,7 +247,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
                                        "metrics": records})
                 write_json(out_dir / "metrics.json", records)
                 for key, value in record.items():
-                    if key not in ("epoch", "workers"):
+                    if key not in ("epoch", "workers", "end_ts"):
                         writer.add_scalar(key, value, epoch)
                 try:
                     writer.flush()
