@@ -19,9 +19,10 @@ def test_full_size_prepare_search_and_predict(tmp_path, capsys):
     from voxtune.data.cache import read_manifest
     from voxtune.data.synthetic import make_dataset
 
-    msd = make_dataset(tmp_path / "Task01_BrainTumour", cases=4, shape=FULL, seed=3, test_cases=0)
+    msd = make_dataset(tmp_path / "Task01_BrainTumour", cases=3, shape=FULL, seed=3, test_cases=0)
     cache = tmp_path / "cache"
-    assert main(["prepare", "--source", str(msd), "--out", str(cache), "--workers", "2"]) == 0
+    assert main(["prepare", "--source", str(msd), "--out", str(cache), "--workers", "2", "--split", "0.34", "0.33",
+                 "0.33"]) == 0
     manifest = read_manifest(cache)
     for case in manifest["cases"]:
         assert case["image_shape"] == [4, 240, 240, 152] and case["source_shape"] == list(FULL)

@@ -122,7 +122,7 @@ def test_killed_job_resumes_without_redoing_finished_trials(cache_dir, tmp_path)
 def test_ctrl_c_writes_the_leaderboard_and_says_how_to_resume(cache_dir, tmp_path):
     run = tmp_path / "run"
     space = "lr: {grid: [0.001, 0.005]}\n"
-    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "10")
+    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "6")
     _wait_for(lambda: any(_epochs(run, t) for t in _trials(run)), proc)
     os.kill(proc.pid, signal.SIGINT)
     rc, out, err = _finish(proc)
@@ -135,7 +135,7 @@ def test_ctrl_c_writes_the_leaderboard_and_says_how_to_resume(cache_dir, tmp_pat
     rc, out, err = _finish(_tune(run, cache_dir, space, "--resume"))
     assert rc == 0, err[-3000:]
     for row in _leaderboard(run):
-        assert row["status"] == "finished" and _epochs(run, row["trial_id"]) == list(range(1, 11))
+        assert row["status"] == "finished" and _epochs(run, row["trial_id"]) == list(range(1, 7))
 
 
 @pytest.mark.slow
