@@ -52,6 +52,8 @@ def test_run_list_shares_the_one_worker_run_and_places_hybrids():
         plan_runs([2], ["hybrid"], 1, ["global-batch"])
     with pytest.raises(VoxtuneError, match="--ddp-recipe"):
         plan_runs([2], ["data"], None, ["half-batch"])
+    with pytest.raises(VoxtuneError, match="only hybrid runs use it"):
+        plan_runs([4], ["data"], 2, ["global-batch"])
 
 
 def test_ddp_recipes_keep_the_problem_comparable():

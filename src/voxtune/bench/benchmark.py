@@ -90,6 +90,9 @@ def plan_runs(workers: list[int], modes: list[str], workers_per_trial: int | Non
         raise VoxtuneError(f"--modes {' '.join(modes)}: choose from {', '.join(MODES)}")
     if not recipes or any(r not in RECIPES for r in recipes):
         raise VoxtuneError(f"--ddp-recipe {' '.join(recipes)}: choose from {', '.join(RECIPES)}")
+    if workers_per_trial is not None and "hybrid" not in modes:
+        raise VoxtuneError(f"--workers-per-trial {workers_per_trial}: only hybrid runs use it; add hybrid to "
+                           "--modes or drop it")
     k = 2 if workers_per_trial is None else workers_per_trial
     if k < 2:
         raise VoxtuneError(f"--workers-per-trial {k}: hybrid needs at least 2 workers per trial")
