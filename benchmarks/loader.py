@@ -9,7 +9,10 @@ On N full-size phantoms (240 x 240 x 155 x 4, `voxtune synth` + `voxtune prepare
    whole volumes and for 128^3 patches (with flips, as training draws them), against the raw limit:
    the same bytes read by np.load of the stored files (whole volumes) or copied from a case already
    in RAM (patches), all from a warm page cache;
-3. one `voxtune train --epochs 2 --set patch_size=64` on a 4-case and on a 12-case subset of the
+3. the same samples as voxtune 0.1 made them (its cache: a float32 frame per case, np.load of the whole
+   volume, then the crop and flip copies), against CaseDataset now, sample by sample without a
+   DataLoader: what a training process pays per sample, before and after;
+4. one `voxtune train --epochs 2 --set patch_size=64` on a 4-case and on a 12-case subset of the
    cache: the first epoch's extra data wait (epoch 1 minus epoch 2) and the run's peak RSS.
 
 Writes WORK/loader.json and WORK/loader.md (the README's tables).
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -96,6 +100,50 @@ def raw_rate(cache: Path, manifest: dict, ids: list[str], patch, passes: int) ->
     return {"samples_per_s": n / seconds, "mb_per_s": nbytes / seconds / 1e6}
 
 
+def per_sample_ms(cache: Path, manifest: dict, ids: list[str], patch, work: Path, samples: int = 24) -> dict:
+    """Median ms of one sample: voxtune 0.1's way (float32 frame .npy, np.load, crop, flip copy) and
+    CaseDataset's (a memory-mapped window of the cropped float16 cache, flipped in the one copy)."""
+    import torch
+
+    from voxtune.data.cache import load_case
+    from voxtune.data.loader import CaseDataset
+
+    old = work / "v01"
+    old.mkdir(exist_ok=True)
+    few = ids[:4]
+    for cid in few:  # the v0.1 cache: whole float32 frames
+        if not (old / f"{cid}.image.npy").exists():
+            image, label = load_case(cache, cid, manifest=manifest)
+            np.save(old / f"{cid}.image.npy", image)
+            np.save(old / f"{cid}.label.npy", label)
+            for kind in ("image", "label"):
+                with open(old / f"{cid}.{kind}.npy", "rb") as f:  # warm, as the new cache is
+                    while f.read(1 << 24):
+                        pass
+    rng = np.random.default_rng(0)
+
+    def v01(i: int):
+        cid = few[i % len(few)]
+        image, label = np.load(old / f"{cid}.image.npy"), np.load(old / f"{cid}.label.npy")
+        if patch is not None:
+            start = [int(rng.integers(0, d - p + 1)) for d, p in zip(image.shape[1:], patch)]
+            window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, patch))
+            image, label = image[window], label[window]
+        axes = [1 + a for a in range(3) if rng.random() < 0.5]
+        image, label = np.flip(image, axes), np.flip(label, axes)
+        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32)))
+
+    ds = CaseDataset(cache, few, patch_size=patch, augment=True, divisor=8)
+    times = {"v0.1": [], "now": []}
+    for i in range(samples):
+        for name, fn in (("v0.1", lambda: v01(i)), ("now", lambda: ds[(i, i % len(few))])):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(1000 * (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def subset_cache(cache: Path, out: Path, manifest: dict, n: int) -> Path:
     """A cache of n cases sharing the big cache's files (hard links): n - v train, v val cases."""
     val = max(1, round(0.15 * n))
@@ -156,6 +204,12 @@ def main() -> None:
                   f"{got['samples_per_s']:.1f} samples/s, {got['mb_per_s']:.0f} MB/s "
                   f"(raw limit {raw['samples_per_s']:.1f} samples/s, {raw['mb_per_s']:.0f} MB/s)", flush=True)
 
+    per_sample = {}
+    for name, patch in (("whole volume", None), ("128^3 patch", (128, 128, 128))):
+        per_sample[name] = per_sample_ms(cache, manifest, ids, patch, args.work)
+        print(f"[{time.perf_counter() - t0:5.0f}s] {name}, one sample: voxtune 0.1 {per_sample[name]['v0.1']:.0f} ms, "
+              f"now {per_sample[name]['now']:.0f} ms", flush=True)
+
     runs = {}
     for n in (4, 12):
         sub = subset_cache(cache, args.work / f"cache{n}", manifest, n)
@@ -168,7 +222,7 @@ def main() -> None:
     patch0 = next(r for r in rows if r["sample"] == "128^3 patch" and r["workers"] == 0)
     result = {"cases": len(stored), "stored_mb_per_case": float(np.mean(stored)), "stored_mb_max": max(stored),
               "frame_float32_mb": float(frame_mb), "loader": rows, "train": runs,
-              "patch_cost_vs_whole": whole0["samples_per_s"] / patch0["samples_per_s"]}
+              "patch_cost_vs_whole": whole0["samples_per_s"] / patch0["samples_per_s"], "per_sample_ms": per_sample}
     (args.work / "loader.json").write_text(json.dumps(result, indent=1))
     md = [f"{len(stored)} full-size phantoms (240 x 240 x 155 x 4): {np.mean(stored):.1f} MB stored per case "
           f"(max {max(stored):.1f}; {frame_mb:.1f} MB as a float32 frame). Warm page cache, batch 1, with flips.", "",
@@ -176,8 +230,11 @@ def main() -> None:
           "|---|---:|---:|---:|---:|---:|"]
     md += [f"| {r['sample']} | {r['workers']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.0f} | "
            f"{r['raw_samples_per_s']:.1f} | {r['raw_mb_per_s']:.0f} |" for r in rows]
-    md += ["", f"A 128^3 patch costs {1 / result['patch_cost_vs_whole']:.2f} of a whole-volume sample (0 loader processes).",
-           "", "| `voxtune train`, patch 64^3, 2 epochs | peak RSS MB | data wait epoch 1 s | epoch 2 s |",
+    md += ["", f"A 128^3 patch costs {result['patch_cost_vs_whole']:.2f} of a whole-volume sample (0 loader processes).",
+           "", "| one sample, no DataLoader (median ms) | voxtune 0.1 (float32 frame, np.load) | now (cropped float16, "
+           "memory-mapped window) |", "|---|---:|---:|"]
+    md += [f"| {name} | {v['v0.1']:.0f} | {v['now']:.0f} |" for name, v in per_sample.items()]
+    md += ["", "| `voxtune train`, patch 64^3, 2 epochs | peak RSS MB | data wait epoch 1 s | epoch 2 s |",
            "|---|---:|---:|---:|"]
     md += [f"| {n} cases | {r['peak_rss_mb']:.0f} | {r['data_wait_s'][0]:.2f} | {r['data_wait_s'][1]:.2f} |"
            for n, r in runs.items()]

@@ -197,9 +197,11 @@ def read_window(cache_dir: str | Path, entry: dict, image_dtype: str, start, siz
     """
     image_src = _open(cache_dir, entry, "image", image_dtype)
     label_src = _open(cache_dir, entry, "label", "uint8")
-    fill = np.asarray(entry["background"], dtype=image_src.dtype)[:, None, None, None]  # outside the box
-    image = np.empty((image_src.shape[0], *size), image_src.dtype)
-    image[...] = fill
+    if any(entry["background"]):  # outside the box: each channel's background value
+        image = np.empty((image_src.shape[0], *size), image_src.dtype)
+        image[...] = np.asarray(entry["background"], dtype=image_src.dtype)[:, None, None, None]
+    else:  # zeros from the OS: pages the copy below does not reach cost nothing
+        image = np.zeros((image_src.shape[0], *size), image_src.dtype)
     label = np.zeros((label_src.shape[0], *size), np.uint8)
     src, dst = [slice(None)], [slice(None)]
     for s, n, (b0, b1), f in zip(start, size, entry["bbox"], flip):
