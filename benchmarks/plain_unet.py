@@ -1,7 +1,8 @@
 """Baseline for `voxtune train`: the same 3D U-Net shape trained by a plain PyTorch loop.
 
-No voxtune code in the training path: arrays come straight from the cache's .npy files, the net is
-written out here, the loss is a hand-written soft Dice. Prints seconds, best val Dice and the
+No voxtune code in the training path: arrays come straight from the cache's .npy files (each set into
+its case's frame by the manifest's bbox), the net is written out here, the loss is a hand-written soft
+Dice. Prints seconds, best val Dice and the
 per-epoch val Dice curve, so `voxtune train` can be compared to it in the same run (see
 benchmarks/train_overhead.sh and benchmarks/quality.sh).
 
@@ -61,10 +62,19 @@ def main():
     cache = Path(args.cache)
     manifest = json.loads((cache / "manifest.json").read_text())
 
+    def frame(case, kind):  # the stored array holds the case's nonzero box; outside it, the background value
+        shape = case[f"{kind}_shape"]
+        fill = case["background"] if kind == "image" else [0] * shape[0]
+        out = np.empty(shape, np.float32)
+        out[...] = np.asarray(fill, np.float32)[:, None, None, None]
+        box = tuple(slice(b0, b1) for b0, b1 in case["bbox"])
+        out[(slice(None), *box)] = np.load(cache / case["files"][kind])
+        return out
+
     def arrays(split):
         cases = [c for c in manifest["cases"] if c["split"] == split]
-        x = np.stack([np.load(cache / c["files"]["image"]) for c in cases])
-        y = np.stack([np.load(cache / c["files"]["label"]) for c in cases]).astype(np.float32)
+        x = np.stack([frame(c, "image") for c in cases])
+        y = np.stack([frame(c, "label") for c in cases])
         pad = [(0, 0), (0, 0)] + [(0, -s % 8) for s in x.shape[2:]]  # the net needs multiples of 2**3
         return torch.from_numpy(np.pad(x, pad)), torch.from_numpy(np.pad(y, pad))
 
