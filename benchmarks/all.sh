@@ -27,4 +27,5 @@ run storage_quality bash benchmarks/storage_quality.sh "$WORK/storage-quality"
 run prior_bias bash benchmarks/prior_bias.sh "$WORK/prior-bias"
 run train_overhead bash benchmarks/train_overhead.sh "$WORK/train-overhead"
 run ray_train_startup "$PY" benchmarks/ray_train_startup.py
+run cpu_batch "$PY" benchmarks/cpu_batch.py
 run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"
