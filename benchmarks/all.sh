@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in the README, from scratch, one script after the other (~100 minutes on 2 CPU cores):
+# Every number in the README, from scratch, one script after the other (~75 minutes on 2 CPU cores):
 #
 #     bash benchmarks/all.sh [WORKDIR]     (default WORKDIR: bench-all; must not exist)
 #

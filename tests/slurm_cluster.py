@@ -78,9 +78,14 @@ class Job:
 
 
 class SlurmCluster:
-    """munged, slurmctld and slurmd n1, n2 in `root`; `start()`, submit with `sbatch`, then `stop()`."""
+    """munged, slurmctld and slurmd n1, n2 in `root`; `start()`, submit with `sbatch`, then `stop()`.
 
-    def __init__(self, root: Path, cpus_per_node: int = 1, kill_wait_s: int = 10):
+    KillWait is SLURM's default, 30 s: the SIGKILL that follows a plain scancel's TERM must come after
+    the driver's own 10 s deadline to save and exit (with 10 s the job script was once killed before
+    it deleted its token).
+    """
+
+    def __init__(self, root: Path, cpus_per_node: int = 1, kill_wait_s: int = 30):
         self.root = root
         self.cpus_per_node = cpus_per_node
         self.kill_wait_s = kill_wait_s
