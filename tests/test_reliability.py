@@ -27,7 +27,14 @@ def _tune(run: Path, cache: Path, space: str, *extra: str, env: dict | None = No
     cmd = [sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache), "--out", str(run),
            "--space", str(run.parent / "space.yaml"), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, **(env or {})})
+                            start_new_session=True, env={**os.environ, **(env or {})},
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """The driver starts with SIGINT at its default, as from a terminal, whatever this test process
+    inherited or a library in it changed (a child of a process that ignores SIGINT ignores it too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read(path: Path, default=None):

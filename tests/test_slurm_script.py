@@ -149,7 +149,8 @@ def _stop_running_driver(env: dict[str, str], stub_dir: Path, args: list[str], w
     the time limit does) or to every process of the job (`whole_job`, as a plain scancel does);
     returns (exit code, stdout, stderr)."""
     proc = subprocess.Popen(["bash", str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as sbatch starts it
     try:
         deadline = time.monotonic() + 20
         while not (stub_dir / "driver_started").exists():
