@@ -456,6 +456,31 @@ def test_sigterm_interrupts_the_driver_like_ctrl_c(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_driver_ended_by_ray_as_the_stop_came_is_still_an_interrupt(cache_dir, tmp_path):
+    """A plain scancel: TERM reaches the command and its Ray cluster at once, and Ray ends the driver
+    (its child process) before the driver can save anything. The command writes the leaderboard itself,
+    exits 130 with the resume line, and --resume continues every trial."""
+    run = tmp_path / "run"
+    space = "lr: {grid: [0.001, 0.005]}\n"
+    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "3")
+    _wait_for(lambda: any(_epochs(run, t) for t in _trials(run)), proc)
+    driver = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+    os.kill(driver, signal.SIGKILL)  # as Ray's exit when its raylet stops: no handler runs
+    os.kill(proc.pid, signal.SIGTERM)
+    rc, out, err = _finish(proc)
+    assert rc == 130, err[-3000:]
+    assert f"voxtune tune --out {run} --resume" in err and "Traceback" not in err
+    assert not (run / "best.json").exists()
+    assert {r["status"] for r in _leaderboard(run)} == {"interrupted"}
+    assert _read(run / "summary.json")["interrupted"] is True
+
+    rc, out, err = _finish(_tune(run, cache_dir, space, "--resume"))
+    assert rc == 0, err[-3000:]
+    for row in _leaderboard(run):
+        assert row["status"] == "finished" and _epochs(run, row["trial_id"]) == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_resume_recovers_trials_tune_never_saved(cache_dir, tmp_path):
     """The job died before Ray Tune first saved its state: --resume starts Tune afresh (new trial ids),
     and each trial continues in its own folder from its checkpoint; none is left 'running'."""

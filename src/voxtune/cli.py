@@ -6,9 +6,12 @@ Ctrl-C exits 130. Heavy imports (torch, ray) happen inside the verbs so `--help`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from voxtune.errors import VoxtuneError
+from voxtune.supervise import CHILD_ENV
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -86,7 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     summary = run_search(args.out, settings, address=args.address, resume=args.resume)
     print(format_leaderboard(summary["rows"], summary["searched"]))
     if summary["interrupted"]:
-        print(resume_hint(summary, args.out), file=sys.stderr)
+        print(resume_hint(args.out), file=sys.stderr)
         return 130
     if not any(summary["status"].get(k) for k in ("finished", "stopped")):
         reasons = {r["reason"] for r in summary["rows"] if r["reason"]}
@@ -278,17 +281,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _supervised(args: argparse.Namespace, argv: list[str]) -> int:
+    """tune and bench run as a child driver under voxtune.supervise (see there why)."""
+    from voxtune.supervise import supervise
+
+    out = Path(args.out).resolve()
+    if args.verb == "tune":
+        def hint() -> str:
+            from voxtune.parallel.tune import resume_hint
+
+            return resume_hint(out)
+
+        return supervise(argv, lambda: [out], hint)
+    return supervise(argv, lambda: sorted(p.parent for p in (out / "runs").glob("*/search.json")),
+                     lambda: f"voxtune bench: interrupted{AGAIN['bench']}")
+
+
+AGAIN = {"bench": "; run the same command again to continue it (finished runs are kept)"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line (argv None: this process's own). A search from the command line (`tune`, `bench`)
+    runs its Ray driver in a child process (voxtune.supervise); called from Python, it runs here."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.verb in ("tune", "bench") and not os.environ.get(CHILD_ENV):
+        return _supervised(args, sys.argv[1:])
     try:
         return args.func(args)
     except VoxtuneError as exc:
         print(f"voxtune {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = {"bench": "; run the same command again to continue it (finished runs are kept)"}
-        print(f"voxtune {args.verb}: interrupted{again.get(args.verb, '')}", file=sys.stderr)
+        print(f"voxtune {args.verb}: interrupted{AGAIN.get(args.verb, '')}", file=sys.stderr)
         return 130
 
 

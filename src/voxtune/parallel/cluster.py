@@ -13,7 +13,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from voxtune.errors import VoxtuneError
@@ -77,22 +78,37 @@ def init_ray(address: str | None, cpus_needed: float, gpus_needed: float) -> tup
     return time.perf_counter() - t0, dict(have)
 
 
-def interrupt_on_term(save: Callable[[], str], grace_s: float = 10.0) -> None:
-    """SIGTERM (scancel, a time limit, a plain `kill`) interrupts the driver as Ctrl-C does, and exits 130
-    ready for --resume. `save()` writes the search's state at once, without Ray, and returns what to tell
-    the user: under SLURM a plain scancel stops the Ray processes in the same instant, and the usual
-    clean-up that follows can hang on them; after `grace_s` the process ends with 130 regardless.
-    (ray.init installs a handler that aborts instead; this one replaces it.)"""
+@contextmanager
+def interrupt_on_stop(save: Callable[[], str], grace_s: float = 10.0) -> Iterator[None]:
+    """Within the block, the first SIGINT or SIGTERM (Ctrl-C, scancel, a time limit, `kill`) calls `save()`
+    at once, then interrupts the block with KeyboardInterrupt; later ones are ignored. `save()` writes the
+    search's state without Ray, which may be stopping under the same signal, and returns what to tell the
+    user; if the clean-up that follows hangs, the process ends with 130 after `grace_s`. (ray.init
+    installs a SIGTERM handler that aborts instead; this one replaces it until the block ends.)"""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in stops}
+    timer: list[threading.Timer] = []
+
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one save; a second TERM changes nothing
+        for sig in stops:  # one save: the supervisor forwards what it gets, so a Ctrl-C can come twice
+            signal.signal(sig, signal.SIG_IGN)
         message = save()
 
         def give_up() -> None:
-            time.sleep(grace_s)
             print(message, file=sys.stderr, flush=True)
             os._exit(130)
 
-        threading.Thread(target=give_up, daemon=True).start()
+        timer.append(threading.Timer(grace_s, give_up))
+        timer[0].daemon = True
+        timer[0].start()
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
+    for sig in stops:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        for t in timer:
+            t.cancel()

@@ -24,7 +24,7 @@ from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
 from voxtune.parallel import outputs, state
-from voxtune.parallel.cluster import init_ray, interrupt_on_term
+from voxtune.parallel.cluster import init_ray, interrupt_on_stop
 from voxtune.parallel.settings import SCHEDULERS, SEARCHES, SearchSettings  # noqa: F401  (re-exported)
 from voxtune.parallel.space import count_trials, to_tune
 from voxtune.provenance import code_version, git_commit
@@ -149,28 +149,49 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         def finish(results, interrupted: bool) -> dict[str, Any]:
             return _finish(run_dir, settings, results, adopt, interrupted, t_search, t_command, ray_init_s, cluster)
 
-        # SIGTERM: the search's state is saved before anything asks Ray, which may be stopping too.
-        interrupt_on_term(lambda: resume_hint(finish([], True), run_dir))
-        try:
-            results = tuner.fit()
-            interrupted = False
-        except KeyboardInterrupt:
-            results, interrupted = [], True
-        return finish(results, interrupted)
+        def save() -> str:  # on a stop signal, before anything asks Ray, which may be stopping too
+            finish([], True)
+            return resume_hint(run_dir)
+
+        with interrupt_on_stop(save):
+            try:
+                results = tuner.fit()
+                interrupted = False
+            except KeyboardInterrupt:
+                results, interrupted = [], True
+            summary = finish(results, interrupted)
+            ray.shutdown()  # within the grace period of a stop
+        return summary
     finally:
         ray.shutdown()
 
 
-def resume_hint(summary: dict[str, Any], run_dir: Path) -> str:
+def resume_hint(run_dir: str | Path) -> str:
     """What an interrupted search tells the user."""
     return (f"search interrupted; leaderboard so far in {run_dir}/leaderboard.csv\n"
             f"resume it with: voxtune tune --out {run_dir} --resume")
 
 
+def settle_orphaned(run_dir: str | Path, command_time_s: float) -> dict[str, Any] | None:
+    """After a driver that died without writing its outputs (Ray stopped under it: a plain scancel signals
+    Ray and the driver at once), do it for it, without Ray: its running trials are interrupted, and the
+    leaderboard and summary say so. Returns that summary with its rows, or None when RUN holds no search
+    or no trial still says running (the driver wrote its outputs, or never started a trial)."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "search.json").exists() or not any(
+            state.read(d).get("status") == "running" for d in (run_dir / "trials").glob("*/")):
+        return None
+    settings = _search_settings(run_dir, None, resume=True)
+    # What only the dead driver knew (when its search started, its Ray's resources) is not recorded.
+    return _finish(run_dir, settings, [], {}, True, None, time.perf_counter() - command_time_s, None, {})
+
+
 def _finish(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, str], interrupted: bool,
-            t_search: float, t_command: float, ray_init_s: float, cluster: dict[str, float]) -> dict[str, Any]:
+            t_search: float | None, t_command: float, ray_init_s: float | None,
+            cluster: dict[str, float]) -> dict[str, Any]:
     """Settle the trials, then write leaderboard.csv, best.json (not when interrupted) and summary.json;
-    returns the summary with the leaderboard's rows. Asks Ray nothing but the best trial's test score."""
+    returns the summary with the leaderboard's rows. Asks Ray nothing but the best trial's test score.
+    t_search None: the search's start is unknown (settle_orphaned), and so are the spans measured from it."""
     searched = list(settings.trial_space())
     _settle(run_dir, settings, results, adopt, interrupted)
     rows = outputs.trial_rows(run_dir, searched)
@@ -178,7 +199,7 @@ def _finish(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, s
     finished = [r for r in rows if r["status"] in state.FINAL and r["val_dice"] != ""]
     best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
     ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
-    first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search)
+    first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search) if t_search is not None else None
     summary = {
         "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
         "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
@@ -189,7 +210,7 @@ def _finish(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, s
         "ray_init_s": ray_init_s,
         "search_start_ts": t_search,
         "startup_s": first_epoch - t_search if first_epoch is not None else None,
-        "wall_time_s": (max(ends) - t_search) if ends else None,
+        "wall_time_s": (max(ends) - t_search) if ends and t_search is not None else None,
         "command_time_s": time.perf_counter() - t_command,
         "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),
         "best_trial": best["trial_id"] if best else None,
