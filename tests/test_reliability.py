@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sigdefault import default_sigint
 from voxtune.cli import main
 
 FAULTS = Path(__file__).parent / "faults"
@@ -28,13 +29,7 @@ def _tune(run: Path, cache: Path, space: str, *extra: str, env: dict | None = No
            "--space", str(run.parent / "space.yaml"), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(env or {})},
-                            preexec_fn=_default_sigint)
-
-
-def _default_sigint() -> None:
-    """The driver starts with SIGINT at its default, as from a terminal, whatever this test process
-    inherited or a library in it changed (a child of a process that ignores SIGINT ignores it too)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            preexec_fn=default_sigint)
 
 
 def _read(path: Path, default=None):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from sigdefault import default_sigint
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "voxtune.sbatch"
 
 pytestmark = [
@@ -150,7 +152,7 @@ def _stop_running_driver(env: dict[str, str], stub_dir: Path, args: list[str], w
     returns (exit code, stdout, stderr)."""
     proc = subprocess.Popen(["bash", str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as sbatch starts it
+                            preexec_fn=default_sigint)  # as sbatch starts it
     try:
         deadline = time.monotonic() + 20
         while not (stub_dir / "driver_started").exists():

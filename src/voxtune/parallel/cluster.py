@@ -85,7 +85,8 @@ def interrupt_on_stop(save: Callable[[], str], grace_s: float = 10.0) -> Iterato
     search's state without Ray, which may be stopping under the same signal, and returns what to tell the
     user; if the clean-up that follows hangs, the process ends with 130 after `grace_s`. (ray.init
     installs a SIGTERM handler that aborts instead; this one replaces it until the block ends.)"""
-    stops = (signal.SIGINT, signal.SIGTERM)
+    # A signal this process was started ignoring (a shell's background job and SIGINT) stays ignored.
+    stops = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) != signal.SIG_IGN]
     previous = {sig: signal.getsignal(sig) for sig in stops}
     timer: list[threading.Timer] = []
 
