@@ -476,6 +476,21 @@ def test_a_driver_ended_by_ray_as_the_stop_came_is_still_an_interrupt(cache_dir,
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_with_the_outputs_written(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = _tune(run, cache_dir, "lr: {grid: [0.001, 0.005]}\n", "--mode", "experiment", "--workers", "2",
+                 "--epochs", "10")
+    _wait_for(lambda: any(_epochs(run, t) for t in _trials(run)), proc)
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.3)  # two at once would be one: a process notes a signal, not how often it came
+    os.kill(proc.pid, signal.SIGINT)
+    rc, out, err = _finish(proc, timeout=30)
+    assert rc == 130, err[-3000:]
+    assert "stopping now" in err and f"voxtune tune --out {run} --resume" in err and "Traceback" not in err
+    assert {r["status"] for r in _leaderboard(run)} == {"interrupted"}
+
+
+@pytest.mark.slow
 def test_resume_recovers_trials_tune_never_saved(cache_dir, tmp_path):
     """The job died before Ray Tune first saved its state: --resume starts Tune afresh (new trial ids),
     and each trial continues in its own folder from its checkpoint; none is left 'running'."""

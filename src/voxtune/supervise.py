@@ -32,7 +32,7 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, ctypes.c_ulong(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def supervise(argv: list[str], run_dirs: Callable[[], list[Path]], stopped: Callable[[], str]) -> int:
@@ -59,30 +59,30 @@ def supervise(argv: list[str], run_dirs: Callable[[], list[Path]], stopped: Call
     # The child starts with these at their default; one this process was started ignoring (as a shell
     # starts background jobs) stays ignored here and in the child, as Python itself keeps it.
     previous = {sig: signal.signal(sig, on_stop) for sig in STOPS if signal.getsignal(sig) != signal.SIG_IGN}
-    try:
+    try:  # the handlers stay until the end: a stop that comes while the outputs are written only counts
         child = subprocess.Popen([sys.executable, "-m", "voxtune.cli", *argv],
                                  env={**os.environ, CHILD_ENV: "1"}, preexec_fn=_die_with_parent)
         if stops:  # a stop that came before the child existed
             child.send_signal(stops[0])
         rc = child.wait()
+        rc = 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
+        if rc in (0, 2, 130):  # done, refused with its one line, or interrupted with its outputs written
+            return rc
+        settled = [summary for run_dir in run_dirs() if (summary := _settle(run_dir, t_command))]
+        if verb == "tune" and settled:
+            from voxtune.parallel.outputs import format_leaderboard
+
+            print(format_leaderboard(settled[0]["rows"], settled[0]["searched"]))
+        if stops:
+            print(stopped(), file=sys.stderr)
+            return 130
+        if settled:
+            print(f"voxtune {verb}: the driver ended with exit {rc}; the trials it was running are marked "
+                  f"interrupted. {stopped()}", file=sys.stderr)
+        return rc
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    rc = 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
-    if rc in (0, 2, 130):  # done, refused with its one line, or interrupted with its outputs written
-        return rc
-    settled = [summary for run_dir in run_dirs() if (summary := _settle(run_dir, t_command))]
-    if verb == "tune" and settled:
-        from voxtune.parallel.outputs import format_leaderboard
-
-        print(format_leaderboard(settled[0]["rows"], settled[0]["searched"]))
-    if stops:
-        print(stopped(), file=sys.stderr)
-        return 130
-    if settled:
-        print(f"voxtune {verb}: the driver ended with exit {rc}; the trials it was running are marked "
-              f"interrupted. {stopped()}", file=sys.stderr)
-    return rc
 
 
 def _settle(run_dir: Path, t_command: float) -> dict | None:
