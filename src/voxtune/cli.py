@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+AGAIN = {"bench": "; run the same command again to continue it (finished runs are kept)"}
+
+
 def _supervised(args: argparse.Namespace, argv: list[str]) -> int:
     """tune and bench run as a child driver under voxtune.supervise (see there why)."""
     from voxtune.supervise import supervise
@@ -293,11 +296,13 @@ def _supervised(args: argparse.Namespace, argv: list[str]) -> int:
             return resume_hint(out)
 
         return supervise(argv, lambda: [out], hint)
-    return supervise(argv, lambda: sorted(p.parent for p in (out / "runs").glob("*/search.json")),
-                     lambda: f"voxtune bench: interrupted{AGAIN['bench']}")
 
+    def searches() -> list[Path]:
+        from voxtune.bench.benchmark import search_dirs
 
-AGAIN = {"bench": "; run the same command again to continue it (finished runs are kept)"}
+        return search_dirs(out)
+
+    return supervise(argv, searches, lambda: f"voxtune bench: interrupted{AGAIN['bench']}")
 
 
 def main(argv: list[str] | None = None) -> int:

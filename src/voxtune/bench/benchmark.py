@@ -179,6 +179,11 @@ def time_to_target(curve: list[list[float]], target: float) -> float | None:
     return next((t for t, dice in curve if dice >= target), None)
 
 
+def search_dirs(bench_dir: str | Path) -> list[Path]:
+    """The searches a bench has started: BENCH/runs/<name>/, each holding its search.json (see _run_one)."""
+    return sorted(p.parent for p in (Path(bench_dir) / "runs").glob("*/search.json"))
+
+
 def _run_one(bench_dir: Path, name: str, settings, address: str | None) -> tuple[dict[str, Any], str]:
     """Run one search into runs/<name>; reuse or resume it when settings and code match. Returns
     (summary with rows, how: "ran" | "reused" | "resumed")."""

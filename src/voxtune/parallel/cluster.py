@@ -99,9 +99,10 @@ def interrupt_on_stop(save: Callable[[], str], grace_s: float = 10.0) -> Iterato
             print(message, file=sys.stderr, flush=True)
             os._exit(130)
 
-        timer.append(threading.Timer(grace_s, give_up))
-        timer[0].daemon = True
-        timer[0].start()
+        deadline = threading.Timer(grace_s, give_up)
+        deadline.daemon = True
+        deadline.start()
+        timer.append(deadline)
         raise KeyboardInterrupt(f"signal {signum}")
 
     for sig in stops:
