@@ -180,3 +180,42 @@ def test_bench_end_to_end(cache_dir, tmp_path):
     assert again.stdout.count(": reused, wall") == 3
     assert [r["how"] for row in json.loads((out / "bench.json").read_text())["runs"] for r in row["repeats"]] \
         == ["reused"] * 4
+
+
+def test_a_run_whose_trials_all_fail_is_recorded_and_the_bench_goes_on(tmp_path, monkeypatch, cache_dir, capsys):
+    """The data run's trials all fail: bench.json names it under failed_runs with the reason, the next run
+    still runs, and the table times only the runs that trained. Without its 1-worker run there is no
+    speed-up to give: one line, exit 2, bench.json still written."""
+    ran = []
+
+    def fake_run_one(bench_dir, name, settings, address):
+        ran.append(name)
+        run = bench_dir / "runs" / name
+        broken = name.startswith("data-w2") or (name.startswith("experiment-w1") and bench_dir.name == "all")
+        for t in ("a", "b"):
+            (run / "trials" / t).mkdir(parents=True)
+            epochs = [] if broken else [{"epoch": e, "val_dice": 0.5, "epoch_time_s": 4.0, "data_wait_s": 0.0,
+                                         "end_ts": 5.0 * e} for e in (1, 2)]
+            (run / "trials" / t / "metrics.json").write_text(json.dumps(epochs))
+        summary = {"workers": settings.workers, "workers_per_trial": settings.per_trial(), "trials": 2, "epochs": 2,
+                   "concurrent_trials": settings.concurrent_trials, "wall_time_s": 10.0, "startup_s": 2.0,
+                   "ray_init_s": 1.0, "command_time_s": 12.0, "search_start_ts": 0.0,
+                   "status": {"error": 2} if broken else {"finished": 2},
+                   "rows": [{"trial_id": t, "reason": "BRATS_011.image.npy: unreadable" if broken else "",
+                             "start_ts": 0.0, "end_ts": 10.0, "train_time_s": 8.0} for t in ("a", "b")]}
+        return summary, "ran"
+
+    monkeypatch.setattr(B, "_run_one", fake_run_one)
+    args = dict(workers=[1, 2], modes=["experiment", "data"], trials=2, space={"lr": {"grid": [0.001, 0.002]}},
+                base_config={"epochs": 2, "filter_start": 4})
+    bench = B.run_bench(cache_dir, tmp_path / "bench", **args)
+    assert ran == ["experiment-w1-r1", "experiment-w2-r1", "data-w2-global-batch-r1"]
+    assert [(f["run"], f["reasons"]) for f in bench["failed_runs"]] == [
+        ("runs/data-w2-global-batch-r1", ["BRATS_011.image.npy: unreadable"])]
+    assert [(r["mode"], r["workers"]) for r in bench["runs"]] == [("experiment", 1), ("experiment", 2), ("data", 1)]
+    assert "failed, every trial" in capsys.readouterr().out
+    assert "Failed: runs/data-w2-global-batch-r1" in (tmp_path / "bench" / "bench.md").read_text()
+
+    with pytest.raises(VoxtuneError, match="every 1-worker run failed.*BRATS_011"):
+        B.run_bench(cache_dir, tmp_path / "all", **args)
+    assert json.loads((tmp_path / "all" / "bench.json").read_text())["failed_runs"]

@@ -53,7 +53,8 @@ def test_prepare_on_a_full_disk_is_one_line_and_resumes(msd_dir, small_disk, cap
 
 
 @pytest.mark.slow
-def test_a_search_whose_run_folder_fills_up(cache_dir, small_disk, tmp_path):
+@pytest.mark.parametrize("mode", ["experiment", "data"])
+def test_a_search_whose_run_folder_fills_up(mode, cache_dir, small_disk, tmp_path):
     """Checkpoints do not fit: each trial ends 'error' with the disk's one line, is not retried, and the
     command ends with one line too (no tracebacks, no Ray wrapper text, no colour codes)."""
     disk, remount = small_disk
@@ -61,7 +62,7 @@ def test_a_search_whose_run_folder_fills_up(cache_dir, small_disk, tmp_path):
     run = disk / "run"
     (tmp_path / "space.yaml").write_text("lr: {grid: [0.001, 0.005]}\n")
     done = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out", str(run),
-                           "--mode", "experiment", "--workers", "2", "--space", str(tmp_path / "space.yaml"),
+                           "--mode", mode, "--workers", "2", "--space", str(tmp_path / "space.yaml"),
                            "--epochs", "2"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "RAY_ADDRESS": "local"})
     assert done.returncode == 2, done.stderr[-3000:]
@@ -75,5 +76,5 @@ def test_a_search_whose_run_folder_fills_up(cache_dir, small_disk, tmp_path):
         assert row["status"] == "error" and "no space left on its device" in row["reason"]
         assert "\x1b" not in row["reason"] and "Ray" not in row["reason"]
         assert json.loads((run / "trials" / row["trial_id"] / "trial.json").read_text())["attempts"] == 1
-    assert json.loads((run / "search.json").read_text())["mode"] == "experiment"  # still readable
+    assert json.loads((run / "search.json").read_text())["mode"] == mode  # still readable
     assert Path(run / "leaderboard.csv").stat().st_size > 0

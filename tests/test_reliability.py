@@ -140,20 +140,53 @@ def test_ctrl_c_writes_the_leaderboard_and_says_how_to_resume(cache_dir, tmp_pat
         assert row["status"] == "finished" and _epochs(run, row["trial_id"]) == list(range(1, 7))
 
 
+# The fault matrix: {a damaged cache file, a full disk, a VoxtuneError of the loop (a NaN loss)} x {before
+# the trial's first report (epoch 1), after it (epoch 2)} x {experiment, data with the fault on rank 0 or 1},
+# each cell a trial of its own (keyed by lr, see faults/sitecustomize.py) in one search per mode, beside a
+# healthy trial. A full disk is a rank-0 cell only: rank 0 writes everything, other ranks nothing. The DDP
+# cells run as hybrid, 2 trials at once of 2 ranks each: the same trial and worker group as data mode's,
+# in half the time.
+_REASONS = {"nan": "training loss became nan at epoch {epoch}", "file": "unreadable",
+            "disk": "no space left on its device"}
+_MATRIX = {
+    "experiment": [(kind, epoch, 0) for kind in ("file", "disk", "nan") for epoch in (1, 2)],
+    "hybrid": [(kind, epoch, rank) for kind in ("file", "nan") for epoch in (1, 2) for rank in (0, 1)]
+            + [("disk", epoch, 0) for epoch in (1, 2)],
+}
+
+
 @pytest.mark.slow
-def test_nan_trial_is_an_error_with_its_reason_and_the_search_goes_on(cache_dir, tmp_path):
-    run = tmp_path / "run"
+@pytest.mark.parametrize("mode", ["experiment", "hybrid"])
+def test_a_trials_own_error_at_any_epoch_on_any_rank_fails_that_trial_only(mode, cache_dir, tmp_path):
+    cells = {repr(round(0.0011 + 0.0001 * i, 4)): cell for i, cell in enumerate(_MATRIX[mode])}
+    lrs = ["0.001", *cells]
+    workers = ["--workers", "2"] if mode == "experiment" else \
+        ["--workers", "4", "--workers-per-trial", "2", "--cpus-per-worker", "0.5"]
     env = {"PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
-           "VOXTUNE_FAULT_NAN_LR": "0.005"}
-    proc = _tune(run, cache_dir, "lr: {grid: [0.001, 0.005]}\n", "--mode", "experiment", "--workers", "2",
-                 "--epochs", "2", env=env)
-    rc, out, err = _finish(proc)
-    assert rc == 0, err[-3000:]
+           "VOXTUNE_FAULTS": json.dumps(cells)}
+    run = tmp_path / "run"
+    # ASHA in one of the two: a trial that fails never reaches its rungs, and must not break them.
+    scheduler = "asha" if mode == "experiment" else "fifo"
+    t0 = time.time()
+    rc, out, err = _finish(_tune(run, cache_dir, f"lr: {{grid: [{', '.join(lrs)}]}}\n", "--mode", mode,
+                                 *workers, "--epochs", "2", "--scheduler", scheduler, env=env), timeout=500)
+    assert rc == 0, err[-3000:]  # some trial finished: the search succeeded, with its failures counted
+    assert "Traceback" not in err, err[-3000:]
+    assert f"{len(lrs)} trials: " in out and f"{len(cells)} failed" in out, out[-2000:]
     rows = {r["lr"]: r for r in _leaderboard(run)}
-    assert rows["0.001"]["status"] == "finished"
-    assert rows["0.005"]["status"] == "error"
-    assert "loss became nan at epoch 1" in rows["0.005"]["reason"]
-    assert _read(run / "trials" / rows["0.005"]["trial_id"] / "trial.json")["attempts"] == 1  # not retried
+    assert set(rows) == set(lrs)
+    assert rows["0.001"]["status"] in ("finished", "stopped") and rows["0.001"]["val_dice"] != ""
+    for lr, (kind, epoch, rank) in cells.items():
+        row = rows[lr]
+        info = _read(run / "trials" / row["trial_id"] / "trial.json")
+        where = f"{kind} at epoch {epoch} on rank {rank}"
+        assert row["status"] == "error", where
+        assert _REASONS[kind].format(epoch=epoch) in row["reason"], (where, row["reason"])
+        if kind == "file":  # (a NaN loss is all-reduced: every rank stops, and the first to say so names it)
+            assert row["reason"].startswith("rank 1: ") == (rank == 1), (where, row["reason"])
+        assert info["attempts"] == 1, where  # not retried
+        assert _epochs(run, row["trial_id"]) == list(range(1, epoch)), where  # nothing trained after it
+        assert info["end_ts"] - t0 < 240, where
 
 
 def _one_line(capsys) -> str:
@@ -407,31 +440,40 @@ def two_val_cache(msd_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_cache_file_only_rank_1_reads_fails_its_trial_in_seconds(two_val_cache, tmp_path):
-    """Rank 1's validation case is damaged: rank 1 refuses it before training while rank 0 waits in its
-    first all-reduce. The trial must end 'error' with rank 1's one line (the file), within seconds and
-    without retries, instead of a gloo timeout after 10 minutes; the search goes on to its next trial."""
+@pytest.mark.parametrize("mode, damage", [("data", "flip"), ("experiment", "truncate")])
+def test_a_damaged_validation_file_fails_every_trial_in_seconds(mode, damage, two_val_cache, tmp_path):
+    """A validation case is damaged before any trial reports (data: only rank 1 reads it, while rank 0
+    waits in its first all-reduce). Every trial ends 'error' with the file's one line, within seconds and
+    without retries (no gloo timeout after 10 minutes); the search goes on to its next trial, writes its
+    leaderboard, and exits 2 (all failed) with one line and no traceback."""
     import shutil
 
     cache = Path(shutil.copytree(two_val_cache, tmp_path / "cache"))
     manifest = _read(cache / "manifest.json")
     rank1_case = [c for c in manifest["cases"] if c["split"] == "val"][1]
     image = cache / rank1_case["files"]["image"]
-    data = bytearray(image.read_bytes())
-    data[200] ^= 0xFF
-    image.write_bytes(bytes(data))
+    if damage == "flip":
+        data = bytearray(image.read_bytes())
+        data[200] ^= 0xFF
+        image.write_bytes(bytes(data))
+    else:
+        os.truncate(image, 4096)
     run = tmp_path / "run"
-    rc, out, err = _finish(_tune(run, cache, "lr: {grid: [0.001, 0.005]}\n", "--mode", "data", "--workers", "2",
-                                 "--epochs", "2"))
+    t0 = time.time()
+    rc, out, err = _finish(_tune(run, cache, "lr: {grid: [0.001]}\nnorm: {grid: [bn, gn]}\n", "--mode", mode,
+                                 "--workers", "2", "--epochs", "2"))
     assert rc == 2, err[-3000:]  # every trial failed: one line, exit 2
-    assert "Traceback" not in err.strip().splitlines()[-1]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("voxtune tune: error: all 2 trials"), err
+    assert time.time() - t0 < 90
     rows = _leaderboard(run)
     assert len(rows) == 2  # the search went on after the first trial failed
+    prefix = "rank 1: " if mode == "data" else ""
     for row in rows:
         info = _read(run / "trials" / row["trial_id"] / "trial.json")
         assert row["status"] == "error" and info["attempts"] == 1
-        assert row["reason"].startswith(f"rank 1: {image}: does not match the manifest"), row["reason"]
+        assert row["reason"].startswith(f"{prefix}{image}: does not match the manifest"), row["reason"]
         assert info["end_ts"] - info["attempt_start_ts"] < 60
+    assert _read(run / "summary.json")["status"] == {"error": 2}
 
 
 @pytest.mark.slow

@@ -207,3 +207,40 @@ def test_no_augmentation_means_no_flips(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "CaseDataset", spy)
     loop.fit(make_config({"epochs": 1, "augment": False}), cache_dir, tmp_path / "run", threads=1)
     assert seen[0] is False
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                                "9000000000 bytes")])
+def test_out_of_memory_is_one_line_naming_the_run_and_its_sizes(error, cache_dir, tmp_path, monkeypatch):
+    real = loop.build_model
+
+    def hungry(cfg, *args):
+        model = real(cfg, *args)
+
+        def forward(*_):
+            raise error
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(loop, "build_model", hungry)
+    with pytest.raises(loop.OutOfMemory) as caught:
+        loop.fit(make_config({"epochs": 1, "batch_size": 3, "patch_size": [16, 16, 16]}), cache_dir,
+                 tmp_path / "trial_7", threads=1)
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith("trial_7: out of memory on cpu in epoch 1")
+    assert "batch_size 3" in line and "patch_size [16, 16, 16]" in line
+
+
+def test_an_error_that_is_not_out_of_memory_stays_itself(cache_dir, tmp_path, monkeypatch):
+    real = loop.build_model
+
+    def broken(cfg, *args):
+        model = real(cfg, *args)
+        model.forward = lambda *_: (_ for _ in ()).throw(RuntimeError("shapes do not match"))
+        return model
+
+    monkeypatch.setattr(loop, "build_model", broken)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        loop.fit(make_config({"epochs": 1}), cache_dir, tmp_path / "run", threads=1)

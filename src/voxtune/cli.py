@@ -95,8 +95,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         reasons = {r["reason"] for r in summary["rows"] if r["reason"]}
         raise VoxtuneError(f"all {summary['trials']} trials failed; "
                            f"{'; '.join(sorted(reasons)) or 'see ' + args.out + '/leaderboard.csv'}")
-    print(f"{summary['trials']} trials {summary['status']} in {summary['wall_time_s'] or 0:.1f}s "
-          f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
+    counts = ", ".join(f"{n} {'failed' if status == 'error' else status}" for status, n in summary["status"].items())
+    print(f"{summary['trials']} trials: {counts} in {summary['wall_time_s'] or 0:.1f}s "
+          f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)"
+          + (f"; why each failed: {args.out}/leaderboard.csv" if summary["status"].get("error") else ""))
     print(f"outputs: {args.out}/leaderboard.csv  best.json  summary.json  trials/<trial_id>/")
     return 0
 

@@ -35,6 +35,7 @@ from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
+from voxtune.parallel import state
 from voxtune.parallel.modes import MODES
 from voxtune.provenance import code_version, git_commit
 
@@ -254,6 +255,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
               "(no sub-grid of the space has exactly that many points)")
 
     points: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
+    failed: list[dict[str, Any]] = []  # runs whose every trial failed
     total = len(runs) * repeats
     for i, ((mode, w, k, recipe), rep) in enumerate(itertools.product(runs, range(1, repeats + 1)), start=1):
         name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
@@ -266,6 +268,14 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         print(f"[bench {i}/{total}] {name}: {trials} trials, {w // k} at once x {k} worker(s), "
               f"{base.epochs} epochs ... (load {load})", flush=True)
         summary, how = _run_one(bench_dir, name, settings, address)
+        if not any(summary["status"].get(k) for k in state.FINAL):
+            # Every trial failed: nothing to time. Recorded as failed, and the bench goes on.
+            reasons = sorted({r["reason"] for r in summary["rows"] if r["reason"]})
+            failed.append({"run": f"runs/{name}", "mode": mode, "workers": w, "ddp_recipe": recipe, "repeat": rep,
+                           "status": summary["status"], "reasons": reasons})
+            print(f"[bench {i}/{total}] {name}: failed, every trial ({summary['status']}): "
+                  f"{'; '.join(reasons) or 'see its leaderboard'}; going on with the next run", flush=True)
+            continue
         row = {**measure_run(bench_dir / "runs" / name, summary, summary["rows"]), "run": f"runs/{name}",
                "how": how, "load_before": load}
         points.setdefault((mode, w, recipe), []).append(row)
@@ -275,13 +285,18 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
             print(f"bench: warning: {name} did not finish all {trials} trials ({row['status']}); its times "
                   "are not comparable with the other runs", flush=True)
 
+    if not any(w == 1 for _, w, _ in points):
+        write_json(bench_dir / "bench.json", {"format": FORMAT, "runs": [], "failed_runs": failed})
+        raise VoxtuneError(f"every 1-worker run failed, and every speed-up is measured against it: "
+                           f"{'; '.join(sorted({x for f in failed for x in f['reasons']})) or 'see its leaderboard'} "
+                           f"(in {bench_dir}/bench.json)")
     reached = [r["best_val_dice"] for reps in points.values() for r in reps if r["best_val_dice"] is not None]
     target = target_dice if target_dice is not None else TARGET_SHARE * max(reached, default=0.0)
     rows = _rows(points, modes, target)
     in_channels = manifest["cases"][0]["image_shape"][0]
     params = _param_count(base, in_channels, len(region_names(manifest)))
     bench = {
-        "format": FORMAT, "runs": rows,
+        "format": FORMAT, "runs": rows, "failed_runs": failed,
         "machine": machine_info() | {"load_after": _load()},
         "code": {"code_version": code_version(), "git_commit": git_commit()},
         "settings": {

@@ -113,6 +113,8 @@ def bench_markdown(bench: dict[str, Any]) -> str:
            "training time x K. DDP recipes: global-batch = each of the K ranks takes batch/K, the same problem as 1 "
            "worker; scale-lr = each rank takes the full batch, lr x K (the paper's). Runs: ran, reused (same "
            "settings and code) or resumed.",
+           *([""] + [f"Failed: {f['run']}, every trial ({'; '.join(f['reasons']) or 'see its leaderboard'}); "
+                     "not timed, not in the table." for f in bench.get("failed_runs", [])]),
            "",
            "## Scaling model vs measured (calibrated on these runs, so this is in-sample error)",
            "",

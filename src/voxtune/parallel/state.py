@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
 
 STATES = ("running", "finished", "stopped", "error", "interrupted")
@@ -46,9 +47,9 @@ def plain(reason: str, limit: int = 300) -> str:
 
 def reason_of(exc: BaseException) -> str:
     """The leaderboard's reason for an exception: the original error inside a Ray wrapper
-    (RayTaskError.cause), as "Type: message" on one plain line."""
+    (RayTaskError.cause), as "Type: message" on one plain line; a VoxtuneError's message is that line."""
     inner = getattr(exc, "cause", None) or exc
-    return plain(f"{type(inner).__name__}: {inner}")
+    return plain(str(inner) if isinstance(inner, VoxtuneError) else f"{type(inner).__name__}: {inner}")
 
 
 def path(trial_dir: Path) -> Path:
@@ -81,7 +82,7 @@ def start_attempt(trial_dir: Path, trial_id: str, config: dict[str, Any], **fiel
     """running, one more attempt, its start time (the first attempt's start is kept as start_ts)."""
     info = read(trial_dir)
     now = time.time()
-    return write(trial_dir, "running", trial_id=trial_id, config=dict(config), reason="",
+    return write(trial_dir, "running", trial_id=trial_id, config=dict(config), reason="", final_in=None,
                  attempts=info.get("attempts", 0) + 1, attempt_start_ts=now, start_ts=info.get("start_ts", now),
                  **fields)
 

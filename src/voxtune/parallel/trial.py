@@ -7,26 +7,74 @@ moment Tune's scheduler stops it, finished or error when it ends.
 
 How an attempt ends, and what Tune then does:
     - trained all epochs, or stopped by the scheduler: finished / stopped;
-    - a VoxtuneError on any rank (a diverged loss, a damaged cache file): error with that rank's
-      reason, and the function returns, so Tune does not retry what a retry cannot fix;
+    - a VoxtuneError on any rank, at any epoch (a damaged cache file, a full disk, a diverged loss, out
+      of memory): error with that rank's reason, final for this search (see TrialFailed);
     - anything else (a rank's process or node died): error, and the exception goes to Tune, which
       retries the trial from its last epoch checkpoint.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
+from ray.tune import Callback
 
 from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
-from voxtune.files import read_json
+from voxtune.files import DiskFull, read_json
 from voxtune.parallel import outputs, state
 from voxtune.parallel.ddp import WorkerGroup
+
+class TrialFailed(VoxtuneError):
+    """A trial's own error, final for this run of the search: raised to Tune so that Tune records the
+    trial as failed (the searcher, Optuna included, marks it failed; ASHA drops it from its brackets)
+    without a made-up metric. (A trial that returned without a report would be 'done' instead, and
+    Tune's strict metric check fails the whole search on such a trial's empty last result.)
+
+    Tune retries every error alike (FailureConfig has no rule per exception). So the driver's
+    FinalErrors spends the trial's remaining retries when Tune requeues it, and that one last start
+    finds trial.json holding a final error of this search and raises it again at once, training
+    nothing. A later `--resume` (another search_id) does train it again: the user may have fixed the
+    cause."""
+
+
+class FinalErrors(Callback):
+    """In the driver: a trial requeued after a final error (see TrialFailed) gets no further retries."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        found = state.read(trial_folder(self.settings, trial.trial_id, trial.config))
+        if found.get("status") == "error" and found.get("final_in"):  # (a new attempt clears final_in)
+            trial.max_failures = 0
+
+
+class _QuietFinalErrors(logging.Filter):
+    """Drops Tune's traceback of a trial that ended with its own one-line error (trial.json and the
+    leaderboard hold the line; Tune's RUN/ray/<trial>/error.txt and Ray's worker logs keep the whole
+    traceback), and Tune's "Trials did not complete" (the command's summary counts the failed trials).
+    Any other trial failure, a worker's death say, keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Trials did not complete"):
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(getattr(exc, "cause", exc), TrialFailed)
+
+
+def quiet_final_errors() -> None:
+    """Install _QuietFinalErrors on Tune's loggers (in the driver, once per process)."""
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietFinalErrors) for f in logger.filters):
+            logger.addFilter(_QuietFinalErrors())
+
 
 # Kept across trials of a reused Tune actor: the DDP group's start-up is paid once. (ddp imports
 # torch and MONAI only when a group starts, so the driver, which imports this module, never does.)
@@ -47,7 +95,7 @@ def trial_folder(settings: dict[str, Any], trial_id: str, config: dict[str, Any]
 
 def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     """Train one trial. `settings`: run_dir, cache_dir, base_config, workers_per_trial, cpus, gpus,
-    searched, adopt (see trial_folder)."""
+    searched, adopt (see trial_folder), search_id (one per run of the driver: see TrialFailed)."""
     global _GROUP
     t_start = time.time()
     tune_id = tune.get_context().get_trial_id()
@@ -55,10 +103,13 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config(config, base=make_config(settings["base_config"]))
 
-    if state.read(out).get("status") in state.FINAL:
+    info = state.read(out)
+    if info.get("status") in state.FINAL:
         # Done before the driver died and Tune's state lagged behind: report, never retrain.
         tune.report((read_json(out / "metrics.json", []) or [{}])[-1])
         return
+    if info.get("status") == "error" and info.get("final_in") == settings["search_id"]:
+        raise TrialFailed(info["reason"])  # Tune's retry of a final error: nothing to train
     state.start_attempt(out, out.name, config, tune_trial_id=tune_id, workers=settings["workers_per_trial"],
                         node=ray.get_runtime_context().get_node_id())
 
@@ -86,10 +137,15 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
                     group_id=_GROUP.group_id, pids=_GROUP.pids, setup_s=time.time() - t_start)
         summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
     except VoxtuneError as exc:
+        # The one place a trial's own error ends it, at whatever epoch: recorded, then raised to Tune.
         _GROUP = None
         if not stopped_by_tune:
-            state.end(out, "error", reason=str(exc))
-            return
+            reason = state.plain(str(exc))
+            try:
+                state.end(out, "error", reason=reason, final_in=settings["search_id"])
+            except DiskFull:
+                pass  # the run folder's disk is full too: Tune's error carries the line to the driver
+            raise TrialFailed(reason) from None
     except BaseException as exc:
         _GROUP = None
         if not stopped_by_tune:

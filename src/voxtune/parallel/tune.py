@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,11 @@ def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: boo
     return settings
 
 
-def _trial_settings(settings: SearchSettings, run_dir: Path, adopt: dict[str, str]) -> dict[str, Any]:
+def _trial_settings(settings: SearchSettings, run_dir: Path, adopt: dict[str, str], search_id: str = "") -> dict[str, Any]:
     return {"run_dir": str(run_dir), "cache_dir": settings.cache_dir, "base_config": settings.base_config,
             "workers_per_trial": settings.per_trial(), "cpus": settings.cpus_per_worker,
-            "gpus": settings.gpus_per_worker, "searched": list(settings.trial_space()), "adopt": adopt}
+            "gpus": settings.gpus_per_worker, "searched": list(settings.trial_space()), "adopt": adopt,
+            "search_id": search_id}
 
 
 def _adoptable(run_dir: Path, searched: list[str]) -> dict[str, str]:
@@ -66,19 +68,22 @@ def _adoptable(run_dir: Path, searched: list[str]) -> dict[str, str]:
 
 
 def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
-    """Ray Tune's Tuner for the search (restored from RUN/ray when resuming), and the folders it adopts."""
+    """Ray Tune's Tuner for the search (restored from RUN/ray when resuming), and the folders it adopts.
+    Each call is one run of the search, with an id of its own: a trial's error is final within it
+    (voxtune.parallel.trial.TrialFailed), and a --resume tries the trial again."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from voxtune.parallel.progress import ProgressLines
-    from voxtune.parallel.trial import run_trial
+    from voxtune.parallel.trial import FinalErrors, run_trial
 
     space = settings.trial_space()
     restore = resume and tune.Tuner.can_restore(str(run_dir / "ray"))
     adopt = _adoptable(run_dir, list(space)) if resume and not restore else {}
     bundle = {"CPU": settings.cpus_per_worker} | ({"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {})
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=_trial_settings(settings, run_dir, adopt)),
+    trial_settings = _trial_settings(settings, run_dir, adopt, search_id=uuid.uuid4().hex)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=trial_settings),
                                     tune.PlacementGroupFactory([bundle] * settings.per_trial()))
     if restore:
         return tune.Tuner.restore(str(run_dir / "ray"), trainable, resume_unfinished=True, resume_errored=True), adopt
@@ -108,7 +113,8 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  callbacks=[progress, CSVLoggerCallback(), JsonLoggerCallback()], verbose=0),
+                                  callbacks=[progress, FinalErrors(trial_settings), CSVLoggerCallback(),
+                                             JsonLoggerCallback()], verbose=0),
     ), adopt
 
 
@@ -144,6 +150,9 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "search.json", asdict(settings))
     try:
+        from voxtune.parallel.trial import quiet_final_errors
+
+        quiet_final_errors()
         tuner, adopt = _tuner(settings, run_dir, resume)
 
         def finish(results, interrupted: bool) -> dict[str, Any]:

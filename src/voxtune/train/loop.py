@@ -51,6 +51,16 @@ class TrainingDiverged(VoxtuneError):
     """The loss became NaN or infinite; the run cannot continue."""
 
 
+class OutOfMemory(VoxtuneError):
+    """A step, statistics pass or validation needed more memory than the worker has."""
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's own out-of-memory error (CUDA, MPS, XPU), or the CPU allocator's."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 class Aborted(RuntimeError):
     """The caller's `abort` check said stop (another rank failed); the caller knows why."""
 
@@ -188,6 +198,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
         writer = SummaryWriter(str(out_dir / "tb"))
 
     stopped_early = False
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             t_epoch = time.perf_counter()
@@ -268,6 +279,13 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
             if stop:
                 stopped_early = epoch < cfg.epochs
                 break
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        patch = "the whole volume" if cfg.patch_size is None else f"patch_size {list(cfg.patch_size)}"
+        raise OutOfMemory(f"{out_dir.name}: out of memory on {device} in epoch {epoch} at batch_size {cfg.batch_size} "
+                          f"over {world} rank(s), {patch}; lower batch_size, train on patches (--set "
+                          "patch_size=[96,96,96]) or give each worker more memory") from None
     finally:
         if writer is not None:
             writer.close()
