@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from voxtune.bench import benchmark as B
-from voxtune.bench.benchmark import bench_space, plan_runs, recipe_config, time_to_target
+from voxtune.bench.benchmark import bench_space, plan_runs, time_to_target
+from voxtune.parallel.modes import recipe_config
 from voxtune.bench.tables import bench_markdown, write_plot
 from voxtune.cli import main
 from voxtune.errors import VoxtuneError
@@ -113,7 +115,7 @@ def test_runs_are_reused_only_for_the_same_settings_and_code(tmp_path, monkeypat
     """A finished run with the same settings and code is reused; an interrupted one resumed; one made by
     other code is moved to runs/stale/ and run again."""
     from voxtune.parallel import tune as T
-    from voxtune.parallel.tune import SearchSettings
+    from voxtune.parallel.settings import SearchSettings
 
     calls = []
 
@@ -166,7 +168,8 @@ def test_bench_end_to_end(cache_dir, tmp_path):
             assert r["speedup"] == 1.0 and r["repeats"][0]["run"] == "runs/experiment-w1-r1"
     data2 = next(r for r in bench["runs"] if r["mode"] == "data" and r["workers"] == 2)
     assert (data2["workers_per_trial"], data2["concurrent_trials"], data2["ddp_recipe"]) == (2, 1, "global-batch")
-    configs = [json.loads((out / data2["repeats"][0]["run"] / "search.json").read_text())["base_config"]]
+    # what each rank of a data trial trained (its config.yaml)
+    configs = [yaml.safe_load(p.read_text()) for p in (out / data2["repeats"][0]["run"]).glob("trials/*/config.yaml")]
     assert configs[0]["batch_size"] == 1 and configs[0]["scale_lr"] is False  # 2 ranks x 1 = the global batch 2
     settings = bench["settings"]
     assert settings["target_dice"] == pytest.approx(0.95 * max(r["best_val_dice"] for r in bench["runs"]))

@@ -189,6 +189,15 @@ def test_a_trials_own_error_at_any_epoch_on_any_rank_fails_that_trial_only(mode,
         assert info["end_ts"] - t0 < 240, where
 
 
+def _plan(run: Path, cache: str, workers: int, **config):
+    """What the driver hands a trial (voxtune.parallel.settings.TrialPlan), for calling run_trial directly."""
+    from voxtune.config import make_config
+    from voxtune.parallel.settings import TrialPlan
+
+    return TrialPlan(run_dir=str(run), cache_dir=cache, config=make_config(config), workers_per_trial=workers,
+                     cpus=1, gpus=0, searched=(), folders={}, search_id="test")
+
+
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
@@ -213,8 +222,7 @@ def test_trial_killed_after_its_last_checkpoint_still_reports_its_metric(cache_d
     monkeypatch.setattr(T.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
     monkeypatch.setattr(T.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
     monkeypatch.setattr(T, "_GROUP", WorkerGroup(1, 1, 0))
-    T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": str(cache_dir), "base_config": {"epochs": 2},
-                     "workers_per_trial": 1, "cpus": 1, "gpus": 0, "searched": []})
+    T.run_trial({}, _plan(tmp_path / "run", str(cache_dir), 1, epochs=2))
     assert [r["epoch"] for r in reports] == [2]
     assert reports[0]["val_dice"] == done["metrics"][-1]["val_dice"]
     info = _read(out / "trial.json")
@@ -254,8 +262,7 @@ def test_peer_dying_as_tune_tears_down_a_stopped_trial_is_not_an_error(tmp_path,
     monkeypatch.setattr(T.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
     monkeypatch.setattr(T, "_GROUP", TornDownGroup())
     with pytest.raises(SystemExit) as exit_:
-        T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": "unused", "base_config": {},
-                         "workers_per_trial": 2, "cpus": 1, "gpus": 0, "searched": []})
+        T.run_trial({}, _plan(tmp_path / "run", "unused", 2))
     assert exit_.value.code == 0
     info = _read(out / "trial.json")
     assert info["status"] == "stopped" and info["epochs"] == 1 and info["train_time_s"] == 1.5
@@ -297,8 +304,7 @@ def test_a_stop_is_on_disk_before_the_ranks_are_told_to_leave(tmp_path, monkeypa
 
     monkeypatch.setattr(T.tune, "report", report)
     with pytest.raises(SystemExit):
-        T.run_trial({}, {"run_dir": str(tmp_path / "run"), "cache_dir": "unused", "base_config": {},
-                         "workers_per_trial": 1, "cpus": 1, "gpus": 0, "searched": []})
+        T.run_trial({}, _plan(tmp_path / "run", "unused", 1))
     assert seen[0]["status"] == "stopped" and seen[0]["epochs"] == 2 and seen[0]["end_ts"] > 0
 
 
@@ -309,7 +315,8 @@ def test_driver_settles_trials_tune_ended_without_their_last_write(tmp_path):
     from types import SimpleNamespace
 
     from voxtune.parallel import state
-    from voxtune.parallel.tune import SearchSettings, _settle
+    from voxtune.parallel.settings import SearchSettings
+    from voxtune.parallel.tune import _settle_trials
 
     run = tmp_path / "run"
 
@@ -337,7 +344,7 @@ def test_driver_settles_trials_tune_ended_without_their_last_write(tmp_path):
     wrapped = RayActorError("\x1b[31mThe actor died unexpectedly before finishing this task.\x1b[0m\n\tclass_name: X")
     results = [result("asha_stopped"), result("killed_after_last_epoch"), result("died", wrapped),
                result("diverged"), result("done"), result("never_ran", SimpleNamespace(cause=ValueError("no bundle")))]
-    _settle(run, settings, results, {}, interrupted=False)
+    _settle_trials(run, settings, results, {}, interrupted=False)
     got = {t: state.read(run / "trials" / t) for t in ("asha_stopped", "killed_after_last_epoch", "died",
                                                         "diverged", "done", "never_ran")}
     assert got["asha_stopped"]["status"] == "stopped" and got["asha_stopped"]["epochs"] == 2
@@ -372,9 +379,14 @@ def test_trial_state_moves_only_along_the_diagram(tmp_path):
 
 
 def test_only_the_state_module_writes_trial_json():
-    """trial.json has one writer: every other module goes through voxtune.parallel.state."""
+    """trial.json has one writer: every other module goes through voxtune.parallel.state. Its name lives in
+    voxtune.layout (which names every file and writes none); its path is asked for only by the writer."""
+    import re
+
     src = Path(__file__).resolve().parents[1] / "src" / "voxtune"
-    writers = [p.relative_to(src).as_posix() for p in src.rglob("*.py") if '"trial.json"' in p.read_text()]
+    texts = {p.relative_to(src).as_posix(): p.read_text() for p in src.rglob("*.py")}
+    assert [n for n, t in texts.items() if '"trial.json"' in t] == ["layout.py"]
+    writers = [n for n, t in texts.items() if re.search(r"\)\.state\b", t)]  # TrialDir(...).state
     assert writers == ["parallel/state.py"]
 
 

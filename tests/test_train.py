@@ -244,3 +244,15 @@ def test_an_error_that_is_not_out_of_memory_stays_itself(cache_dir, tmp_path, mo
     monkeypatch.setattr(loop, "build_model", broken)
     with pytest.raises(RuntimeError, match="shapes do not match"):
         loop.fit(make_config({"epochs": 1}), cache_dir, tmp_path / "run", threads=1)
+
+
+def test_the_config_accepts_exactly_the_registered_networks(monkeypatch):
+    """Adding a network is its builder plus one NETWORKS line: the config then accepts its name."""
+    import voxtune.models as models
+    from voxtune.errors import VoxtuneError
+
+    with pytest.raises(VoxtuneError, match="'tiny' is not one of unet3d, segresnet, dynunet"):
+        make_config({"model": "tiny"})
+    monkeypatch.setitem(models.NETWORKS, "tiny", "voxtune.models.unet3d:build")
+    assert make_config({"model": "tiny"}).model == "tiny"
+    assert type(models.build_model(make_config({"model": "tiny"}), 4, 1)).__name__ == "UNet3D"

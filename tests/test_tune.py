@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -258,12 +259,12 @@ def test_grid_repeats_are_distinct_trials():
     from voxtune.errors import VoxtuneError
 
     s = SearchSettings(cache_dir=".", space={"lr": {"grid": [0.001, 0.005]}}, num_samples=3,
-                       base_config={"seed": 7}).check()
+                       base_config={"seed": 7}).checked()
     assert s.trial_space() == {"lr": {"grid": [0.001, 0.005]}, "seed": {"grid": [7, 8, 9]}}
     assert s.tune_samples == 1 and count_trials(s.space, s.search, s.num_samples) == 6
-    assert SearchSettings(cache_dir=".", space={"lr": {"grid": [0.001]}}).check().trial_space() == {"lr": {"grid": [0.001]}}
+    assert SearchSettings(cache_dir=".", space={"lr": {"grid": [0.001]}}).checked().trial_space() == {"lr": {"grid": [0.001]}}
     with pytest.raises(VoxtuneError, match="searches 'seed' already"):
-        SearchSettings(cache_dir=".", space={"seed": {"grid": [0, 1]}}, num_samples=2).check()
+        SearchSettings(cache_dir=".", space={"seed": {"grid": [0, 1]}}, num_samples=2).checked()
 
 
 def test_rendezvous_port_is_held_from_the_moment_it_is_chosen():
@@ -291,3 +292,48 @@ def test_a_failing_rank_names_itself_and_only_deaths_are_retried():
     assert isinstance(oom, RankFailed) and str(oom) == "rank 2: MemoryError: out of memory"  # retried, as on rank 0
     died = failure_of(1, ray.exceptions.RayActorError())
     assert isinstance(died, RankFailed) and str(died).startswith("rank 1's worker died: RayActorError")
+
+
+def test_modes_own_their_rules_and_tune_trains_the_global_batch_by_default(capsys):
+    """One word, one meaning: K per mode, the mode of a (W, K) split and each DDP recipe's config come from
+    voxtune.parallel.modes, for tune as for bench. Checking returns a checked copy and changes nothing."""
+    from voxtune.errors import VoxtuneError
+    from voxtune.parallel import modes
+    from voxtune.parallel.settings import SearchSettings
+
+    def settings(**kw):
+        return SearchSettings(cache_dir=".", space={"lr": {"grid": [0.001]}}, workers=2, **kw)
+
+    given = settings(mode="data", base_config={"batch_size": 4})
+    checked = given.checked()
+    assert (given.workers_per_trial, given.ddp_recipe) == (None, None)  # untouched
+    assert (checked.workers_per_trial, checked.ddp_recipe) == (2, "global-batch")
+    assert (checked.trial_config().batch_size, checked.trial_config().scale_lr) == (2, False)
+    assert settings(mode="data", ddp_recipe="per-rank").checked().trial_config().batch_size == 2  # the default 2, whole
+    assert settings(mode="data", ddp_recipe="scale-lr").checked().trial_config().scale_lr is True
+    assert settings(mode="data", base_config={"scale_lr": True}).checked().ddp_recipe == "scale-lr"  # as configured
+    assert settings(mode="experiment").checked().ddp_recipe is None
+    assert [modes.mode_of(4, k) for k in (1, 2, 4)] == ["experiment", "hybrid", "data"]
+    for bad, message in ((settings(mode="experiment", ddp_recipe="global-batch"), "no DDP ranks"),
+                         (settings(mode="data", ddp_recipe="global-batch", base_config={"scale_lr": True}),
+                          "is the scale-lr recipe"),
+                         (settings(mode="data", base_config={"batch_size": 3}), "batch_size 3 over 2 ranks"),
+                         (settings(mode="data", ddp_recipe="half"), "choose from global-batch, scale-lr, per-rank")):
+        with pytest.raises(VoxtuneError, match=message):
+            bad.checked()
+    with pytest.raises(SystemExit):  # argparse refuses a recipe it does not know, with its own one line
+        main(["tune", "--cache", ".", "--out", "x", "--mode", "data", "--ddp-recipe", "half"])
+
+
+def test_a_search_saved_before_recipes_resumes_as_it_was_trained(tmp_path):
+    """search.json of an older voxtune has no ddp_recipe: its DDP trials took the full batch per rank."""
+    from voxtune.parallel.settings import SearchSettings
+    from voxtune.parallel.tune import _search_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = asdict(SearchSettings(cache_dir=str(tmp_path), mode="data", workers=2, space={"lr": 0.001}))
+    del old["ddp_recipe"]
+    (run / "search.json").write_text(json.dumps(old))
+    resumed = _search_settings(run, None, resume=True)
+    assert resumed.ddp_recipe == "per-rank" and resumed.trial_config().batch_size == 2

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from voxtune.errors import VoxtuneError
+from voxtune.parallel.modes import DEFAULT_RECIPE, HYBRID_K, RECIPES
 from voxtune.supervise import CHILD_ENV
 
 
@@ -50,14 +51,20 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig of --config, then each --set key=value, then --epochs."""
     from voxtune.config import load_config, parse_overrides
-    from voxtune.train.loop import fit
 
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    cfg = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from voxtune.train.loop import fit
+
+    cfg = _train_config(args)
     summary = fit(cfg, args.cache, args.out, threads=args.threads, log=print)
     print(f"best val_dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; "
           f"{summary['epochs']} epochs in {summary['train_time_s']:.1f}s; run in {args.out}")
@@ -65,21 +72,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _search_settings(args: argparse.Namespace):
-    from voxtune.config import load_config, parse_overrides
     from voxtune.parallel.space import load_space
-    from voxtune.parallel.tune import SearchSettings
+    from voxtune.parallel.settings import SearchSettings
 
-    overrides = parse_overrides(args.set)
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    base = load_config(args.config, overrides).to_dict()
     return SearchSettings(cache_dir=args.cache, mode=args.mode, space=load_space(args.space), search=args.search,
                           num_samples=args.num_samples, scheduler=args.scheduler, workers=args.workers,
                           workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                          gpus_per_worker=args.gpus_per_worker, base_config=base)
+                          gpus_per_worker=args.gpus_per_worker, base_config=_train_config(args).to_dict(),
+                          ddp_recipe=args.ddp_recipe)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from voxtune.layout import RunDir
     from voxtune.parallel.outputs import format_leaderboard
     from voxtune.parallel.tune import resume_hint, run_search
 
@@ -94,12 +98,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not any(summary["status"].get(k) for k in ("finished", "stopped")):
         reasons = {r["reason"] for r in summary["rows"] if r["reason"]}
         raise VoxtuneError(f"all {summary['trials']} trials failed; "
-                           f"{'; '.join(sorted(reasons)) or 'see ' + args.out + '/leaderboard.csv'}")
+                           f"{'; '.join(sorted(reasons)) or f'see {RunDir(args.out).leaderboard}'}")
     counts = ", ".join(f"{n} {'failed' if status == 'error' else status}" for status, n in summary["status"].items())
     print(f"{summary['trials']} trials: {counts} in {summary['wall_time_s'] or 0:.1f}s "
           f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)"
-          + (f"; why each failed: {args.out}/leaderboard.csv" if summary["status"].get("error") else ""))
-    print(f"outputs: {args.out}/leaderboard.csv  best.json  summary.json  trials/<trial_id>/")
+          + (f"; why each failed: {RunDir(args.out).leaderboard}" if summary["status"].get("error") else ""))
+    run = RunDir(args.out)
+    print(f"outputs: {run.leaderboard}  {run.best.name}  {run.summary.name}  {run.trials_dir.name}/<trial_id>/")
     return 0
 
 
@@ -123,11 +128,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from voxtune.bench.benchmark import run_bench
-    from voxtune.config import load_config, parse_overrides
 
-    overrides = parse_overrides(args.set)
-    overrides["epochs"] = args.epochs
-    base = load_config(args.config, overrides).to_dict()
+    base = _train_config(args).to_dict()
     run_bench(args.cache, args.out, workers=args.workers, modes=args.modes, trials=args.trials, space=args.space,
               workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
               gpus_per_worker=args.gpus_per_worker, base_config=base, address=args.address,
@@ -154,12 +156,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, epochs=args.epochs)
 
 
+def _config_flags(p: argparse.ArgumentParser, epochs: int | None) -> None:
+    """The train config's flags (train, tune, bench); _train_config reads them."""
+    p.add_argument("--config", help="train config YAML, or 'paper' (the published recipe)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key (repeatable)")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs per trial" + (f" (default {epochs})" if epochs
+                                                                                     else ""))
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    """The flags a search and a bench share: the space and where its workers come from."""
+    p.add_argument("--space", default="paper", help="'paper' (32-trial grid) or a search-space YAML")
+    p.add_argument("--workers-per-trial", type=int, help=f"K: DDP workers per trial (hybrid; bench's default {HYBRID_K})")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions pack trials on one GPU")
+    p.add_argument("--address", help="join a running Ray cluster (multi-node), e.g. HEAD_IP:6379")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtune",
         description="Distributed hyperparameter tuning for 3D medical image segmentation.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _data_verbs(sub)
+    _training_verbs(sub)
+    _result_verbs(sub)
+    return parser
 
+
+def _data_verbs(sub) -> None:
+    """MSD data in, cache out: synth, prepare, verify, visualize."""
     p = sub.add_parser("synth", help="write a synthetic dataset in the MSD Task01_BrainTumour layout")
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--cases", type=int, default=12, help="labelled cases (default 12)")
@@ -197,12 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="FILE.png or FILE.gif")
     p.set_defaults(func=cmd_visualize)
 
+
+def _training_verbs(sub) -> None:
+    """Training and searching: train, tune, bench, plan."""
     p = sub.add_parser("train", help="one training run on one worker")
     p.add_argument("--cache", required=True, help="cache folder made by `voxtune prepare`")
     p.add_argument("--out", required=True, help="run folder (re-running into it resumes)")
-    p.add_argument("--config", help="train config YAML, or 'paper' (the published recipe)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    _config_flags(p, epochs=None)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this process may use)")
     p.set_defaults(func=cmd_train)
 
@@ -210,35 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder made by `voxtune prepare`")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--mode", help="experiment | data | hybrid")
-    p.add_argument("--space", default="paper", help="'paper' (32-trial grid) or a search-space YAML")
     p.add_argument("--search", default="grid", help="grid | random | optuna")
     p.add_argument("--num-samples", type=int, help="grid: repeats of the grid; random/optuna: trials")
     p.add_argument("--scheduler", default="fifo", help="fifo | asha")
-    p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int, default=1, help="W: workers in total")
-    p.add_argument("--workers-per-trial", type=int, help="K: DDP workers per trial (hybrid)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions pack trials on one GPU")
-    p.add_argument("--address", help="join a running Ray cluster (multi-node), e.g. HEAD_IP:6379")
-    p.add_argument("--config", help="train config YAML for the keys the space does not search, or 'paper'")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key")
+    p.add_argument("--ddp-recipe", choices=RECIPES,
+                   help="the problem a trial of K > 1 workers trains: global-batch (default; each rank takes "
+                        "batch_size/K, the 1-worker problem), scale-lr (the paper's: lr x K) or per-rank")
+    _search_flags(p)
+    _config_flags(p, epochs=None)
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("predict", help="label maps as NIfTI from a trained run or checkpoint")
-    p.add_argument("--run", help="a train run or a search run (its best trial)")
-    p.add_argument("--checkpoint", help="a best.pt file")
-    p.add_argument("--input", required=True, help="a 4D NIfTI image or an MSD folder (predicts its test images)")
-    p.add_argument("--out", required=True, help="folder for the label maps")
-    p.add_argument("--label", help="ground-truth NIfTI: print per-region Dice and HD95")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-trained runs)")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("report", help="one self-contained HTML report of a search")
-    p.add_argument("--run", required=True)
-    p.add_argument("--out", help="FILE.html (default RUN/report.html)")
-    p.add_argument("--bench", help="a BENCH folder or bench.json to include its speed-up plot")
-    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="the paper's benchmark: the same search per mode and worker count")
     p.add_argument("--cache", required=True)
@@ -246,17 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--modes", nargs="+", default=["experiment", "data"], help="experiment data hybrid")
     p.add_argument("--trials", type=int, default=4, help="M trials per search (first M of the space's grid)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--space", default="paper")
-    p.add_argument("--workers-per-trial", type=int, help="K for hybrid runs (default 2)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--address", help="join a running Ray cluster")
-    p.add_argument("--config", help="train config YAML, or 'paper' (the published recipe)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--ddp-recipe", nargs="+", default=["global-batch"],
-                   help="how DDP trials stay comparable: global-batch (each of K ranks takes batch/K: the 1-worker "
-                        "problem; default) and/or scale-lr (full batch per rank, lr x K, as the paper)")
+    p.add_argument("--ddp-recipe", nargs="+", default=[DEFAULT_RECIPE],
+                   help=f"the DDP recipe(s) of the K > 1 runs, each a run of its own: {', '.join(RECIPES)}")
+    _search_flags(p)
+    _config_flags(p, epochs=4)
     p.add_argument("--repeats", type=int, default=1, help="runs per point; tables give median, min and max")
     p.add_argument("--target-dice", type=float,
                    help="time-to-target Dice (default: 0.95 x the best val Dice any run reached)")
@@ -275,12 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="predicted speed-up from 1 to 256 workers")
     p.set_defaults(func=cmd_plan)
 
+
+def _result_verbs(sub) -> None:
+    """What a run gives: predict, report, and the demo of it all."""
+    p = sub.add_parser("predict", help="label maps as NIfTI from a trained run or checkpoint")
+    p.add_argument("--run", help="a train run or a search run (its best trial)")
+    p.add_argument("--checkpoint", help="a best.pt file")
+    p.add_argument("--input", required=True, help="a 4D NIfTI image or an MSD folder (predicts its test images)")
+    p.add_argument("--out", required=True, help="folder for the label maps")
+    p.add_argument("--label", help="ground-truth NIfTI: print per-region Dice and HD95")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-trained runs)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a search")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", help="FILE.html (default RUN/report.html)")
+    p.add_argument("--bench", help="a BENCH folder or bench.json to include its speed-up plot")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", help="the main job end to end on this machine's CPUs (a few minutes)")
     p.add_argument("--out", default="demo-run", help="folder for everything the demo makes")
     p.add_argument("--epochs", type=int, default=8)
     p.set_defaults(func=cmd_demo)
-
-    return parser
 
 
 AGAIN = {"bench": "; run the same command again to continue it (finished runs are kept)"}

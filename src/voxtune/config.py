@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from voxtune.errors import VoxtuneError
+from voxtune.models import NETWORKS
 
-MODELS = ("unet3d", "segresnet", "dynunet")
 NORMS = ("bn", "gn", "in", "none")
 LOSSES = ("dice", "dicece", "batch_dice")
 VAL_METRICS = ("hard_dice", "soft_dice")
@@ -107,7 +107,7 @@ def _coerce(key: str, value: Any) -> Any:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Range checks; returns cfg unchanged or raises naming the first bad key."""
-    _check("model", cfg.model in MODELS, f"'{cfg.model}' is not one of {', '.join(MODELS)}")
+    _check("model", cfg.model in NETWORKS, f"'{cfg.model}' is not one of {', '.join(NETWORKS)}")
     _check("norm", cfg.norm in NORMS, f"'{cfg.norm}' is not one of {', '.join(NORMS)}")
     _check("loss", cfg.loss in LOSSES, f"'{cfg.loss}' is not one of {', '.join(LOSSES)}")
     _check("val_metric", cfg.val_metric in VAL_METRICS, f"'{cfg.val_metric}' is not one of {', '.join(VAL_METRICS)}")

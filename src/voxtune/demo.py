@@ -7,20 +7,22 @@ finished search is only re-reported).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from voxtune.layout import RunDir
 from voxtune.parallel.space import validate_space
 
 DEMO_SPACE = {"lr": {"grid": [1e-3, 5e-3]}, "norm": {"grid": ["bn", "gn"]}}
 
 
 def run_demo(out: str | Path, epochs: int = 8, cases: int = 12, size: int = 48) -> int:
+    from voxtune.data.cache import read_manifest
     from voxtune.data.prepare import prepare
     from voxtune.data.synthetic import make_dataset
     from voxtune.machine import usable_cpus
     from voxtune.parallel.outputs import format_leaderboard
-    from voxtune.parallel.tune import SearchSettings, run_search
+    from voxtune.parallel.settings import SearchSettings
+    from voxtune.parallel.tune import run_search
     from voxtune.report import write_report
     from voxtune.viz import visualize
 
@@ -35,7 +37,7 @@ def run_demo(out: str | Path, epochs: int = 8, cases: int = 12, size: int = 48) 
     print("      " + prepare(msd, cache, workers=1).summary())
 
     print(f"[3/4] experiment-parallel search: 4 trials (lr x norm), {cpus} at once, {epochs} epochs each")
-    if (run / "search.json").exists():
+    if RunDir(run).search.exists():
         summary = run_search(run, resume=True)
     else:
         settings = SearchSettings(cache_dir=str(cache), mode="experiment", space=validate_space(DEMO_SPACE),
@@ -44,7 +46,7 @@ def run_demo(out: str | Path, epochs: int = 8, cases: int = 12, size: int = 48) 
     print(format_leaderboard(summary["rows"], summary["searched"]))
 
     print("[4/4] pictures and report")
-    best_case = next(c["id"] for c in json.loads((cache / "manifest.json").read_text())["cases"]
+    best_case = next(c["id"] for c in read_manifest(cache)["cases"]
                      if c["split"] == "val")
     picture = visualize(cache, best_case, out / f"{best_case}.png")
     report = write_report(run)
@@ -53,9 +55,9 @@ done: {summary['trials']} trials; search wall time {summary['wall_time_s'] or 0:
 {summary['startup_s'] or 0:.0f}s. Where everything went:
   dataset      {msd}
   cache        {cache}
-  leaderboard  {run / 'leaderboard.csv'}
-  best trial   {run / 'best.json'}  (its test-split Dice is in there)
-  trials       {run / 'trials'}/<trial_id>/  metrics.json, checkpoints/, tb/ (tensorboard --logdir {run / 'trials'})
+  leaderboard  {RunDir(run).leaderboard}
+  best trial   {RunDir(run).best}  (its test-split Dice is in there)
+  trials       {RunDir(run).trials_dir}/<trial_id>/  metrics.json, checkpoints/, tb/ (tensorboard --logdir {RunDir(run).trials_dir})
   picture      {picture}
   report       {report}""")
     return 0 if summary["status"].get("finished") else 1

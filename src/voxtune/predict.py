@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from voxtune.errors import VoxtuneError
+from voxtune.layout import RunDir, TrainDir
 
 from voxtune.data.cache import REGION_LABEL
 
@@ -39,7 +40,7 @@ def resolve_checkpoint(run: str | Path | None = None, checkpoint: str | Path | N
     run = Path(run)
     if not run.is_dir():
         raise VoxtuneError(f"--run {run}: no such run folder")
-    best_json = run / "best.json"
+    best_json = RunDir(run).best
     if best_json.is_file():
         import json
 
@@ -51,9 +52,9 @@ def resolve_checkpoint(run: str | Path | None = None, checkpoint: str | Path | N
         if not path.is_file():
             raise VoxtuneError(f"{best_json} names checkpoint {rel}, but {path} is missing")
         return path
-    path = run / "checkpoints" / "best.pt"
+    path = TrainDir(run).best_checkpoint
     if not path.is_file():
-        hint = ("the search has no best trial yet (no best.json)" if (run / "leaderboard.csv").exists()
+        hint = ("the search has no best trial yet (no best.json)" if RunDir(run).leaderboard.exists()
                 else "train it first (`voxtune train`)")
         raise VoxtuneError(f"--run {run}: no checkpoint ({path} missing; {hint})")
     return path

@@ -9,7 +9,7 @@ often before the save. This parent, which holds no Ray connection, then writes w
 not: the trials still running are interrupted, the leaderboard and summary say so, and the command
 exits 130 with the line that resumes it (voxtune.parallel.tune.settle_orphaned).
 
-Signals: the child stays in this process group, so killing the group kills both, as before. The
+Signals: the child stays in this process group, so killing the group kills both. The
 first SIGINT or SIGTERM that reaches this process is passed on to the child, which ignores any
 copy after its first (a Ctrl-C at a terminal reaches both); a second one kills the child at once.
 """
@@ -68,7 +68,7 @@ def supervise(argv: list[str], run_dirs: Callable[[], list[Path]], stopped: Call
         rc = 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
         if rc in (0, 2, 130):  # done, refused with its one line, or interrupted with its outputs written
             return rc
-        settled = [summary for run_dir in run_dirs() if (summary := _settle(run_dir, t_command))]
+        settled = [summary for run_dir in run_dirs() if (summary := _settle_orphaned(run_dir, t_command))]
         if verb == "tune" and settled:
             from voxtune.parallel.outputs import format_leaderboard
 
@@ -85,7 +85,7 @@ def supervise(argv: list[str], run_dirs: Callable[[], list[Path]], stopped: Call
             signal.signal(sig, old)
 
 
-def _settle(run_dir: Path, t_command: float) -> dict | None:
+def _settle_orphaned(run_dir: Path, t_command: float) -> dict | None:
     from voxtune.errors import VoxtuneError
     from voxtune.parallel.tune import settle_orphaned
 

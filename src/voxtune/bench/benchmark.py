@@ -5,11 +5,8 @@ Every run trains exactly the same M configs (`bench_space`): experiment (W trial
 each), data (1 trial at a time over W DDP workers) and hybrid (W/K trials of K workers). The 1-worker
 run is the same search in every mode, so it runs once and is every mode's speed-up baseline.
 
-A DDP trial trains a comparable problem through a recipe, recorded per run (`--ddp-recipe`):
-    global-batch  each of the K ranks takes batch_size / K: the global batch, the steps per epoch and
-                  the lr are the 1-worker run's (the default: the same optimisation problem);
-    scale-lr      each rank takes batch_size and lr is multiplied by K, as the paper did (K x fewer,
-                  K x larger steps).
+A DDP trial trains a comparable problem through a recipe (`--ddp-recipe`, see voxtune.parallel.modes),
+recorded per run: global-batch (the default, the 1-worker problem) or scale-lr (the paper's).
 
 Each point runs `--repeats` times (median, min and max reported). A finished run is reused only when
 its search settings and voxtune's code version match; an unfinished one with matching settings is
@@ -34,13 +31,13 @@ from typing import Any
 from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.errors import VoxtuneError
+from voxtune.bench.record import FORMAT
 from voxtune.files import read_json, write_json
+from voxtune.layout import BenchDir, RunDir
 from voxtune.parallel import state
-from voxtune.parallel.modes import MODES
+from voxtune.parallel.modes import HYBRID_K, MODES, RECIPES, recipe_config
 from voxtune.provenance import code_version, git_commit
 
-FORMAT = 2  # bench.json layout; `voxtune plan` calibrates from this one only
-RECIPES = ("global-batch", "scale-lr")
 TARGET_SHARE = 0.95  # default --target-dice: this share of the best val Dice any run reached
 
 
@@ -94,7 +91,7 @@ def plan_runs(workers: list[int], modes: list[str], workers_per_trial: int | Non
     if workers_per_trial is not None and "hybrid" not in modes:
         raise VoxtuneError(f"--workers-per-trial {workers_per_trial}: only hybrid runs use it; add hybrid to "
                            "--modes or drop it")
-    k = 2 if workers_per_trial is None else workers_per_trial
+    k = HYBRID_K if workers_per_trial is None else workers_per_trial
     if k < 2:
         raise VoxtuneError(f"--workers-per-trial {k}: hybrid needs at least 2 workers per trial")
     runs: list[tuple[str, int, int, str | None]] = [("experiment", 1, 1, None)]
@@ -105,18 +102,6 @@ def plan_runs(workers: list[int], modes: list[str], workers_per_trial: int | Non
             elif mode == "data" or (w % k == 0 and k < w):
                 runs += [(mode, w, w if mode == "data" else k, r) for r in dict.fromkeys(recipes)]
     return runs
-
-
-def recipe_config(base: dict[str, Any], k: int, recipe: str | None) -> dict[str, Any]:
-    """The train config of a K-worker trial under a DDP recipe (K = 1: the base config unchanged)."""
-    if k == 1 or recipe is None:
-        return dict(base)
-    if recipe == "global-batch":
-        if base["batch_size"] % k:
-            raise VoxtuneError(f"--ddp-recipe global-batch splits batch_size {base['batch_size']} over {k} ranks; "
-                               f"set a batch_size divisible by {k} or use --ddp-recipe scale-lr")
-        return {**base, "batch_size": base["batch_size"] // k, "scale_lr": False}
-    return {**base, "scale_lr": True}
 
 
 def machine_info() -> dict[str, Any]:
@@ -137,14 +122,14 @@ def _load() -> float | None:
 
 def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """bench.json fields of one finished search: times (s, worker-s for idle) and quality."""
-    metrics = {r["trial_id"]: read_json(run_dir / "trials" / r["trial_id"] / "metrics.json", []) for r in rows}
+    metrics = {r["trial_id"]: read_json(RunDir(run_dir).trial(r["trial_id"]).metrics, []) for r in rows}
     epochs = [e for records in metrics.values() for e in records]
     k = summary["workers_per_trial"]
     wall = summary["wall_time_s"] or 0.0
     startup = summary["startup_s"] or 0.0
     train = [float(r["train_time_s"]) for r in rows if r.get("train_time_s", "") != ""]
     epoch_time = sum(e["epoch_time_s"] for e in epochs)
-    best = read_json(run_dir / "best.json", {})
+    best = read_json(RunDir(run_dir).best, {})
     return {
         "workers": summary["workers"], "workers_per_trial": k, "concurrent_trials": summary["concurrent_trials"],
         "trials": summary["trials"], "epochs": summary["epochs"], "status": summary["status"],
@@ -181,8 +166,8 @@ def time_to_target(curve: list[list[float]], target: float) -> float | None:
 
 
 def search_dirs(bench_dir: str | Path) -> list[Path]:
-    """The searches a bench has started: BENCH/runs/<name>/, each holding its search.json (see _run_one)."""
-    return sorted(p.parent for p in (Path(bench_dir) / "runs").glob("*/search.json"))
+    """The searches a bench has started (see _run_one)."""
+    return [run.path for run in BenchDir(bench_dir).searches()]
 
 
 def _run_one(bench_dir: Path, name: str, settings, address: str | None) -> tuple[dict[str, Any], str]:
@@ -193,33 +178,74 @@ def _run_one(bench_dir: Path, name: str, settings, address: str | None) -> tuple
     from voxtune.parallel import outputs
     from voxtune.parallel.tune import run_search
 
-    run_dir = bench_dir / "runs" / name
-    stamp = run_dir / "bench-code.json"  # the code version the run was started with
-    want = json.loads(json.dumps(asdict(settings.check())))
+    bench = BenchDir(bench_dir)
+    run = bench.run(name)
+    run_dir, stamp = run.path, bench.code_stamp(run)
+    settings = settings.checked()
+    want = json.loads(json.dumps(asdict(settings)))
     if run_dir.exists():
-        same = read_json(run_dir / "search.json") == want and read_json(stamp, {}).get("code_version") == code_version()
-        summary = read_json(run_dir / "summary.json")
+        same = read_json(run.search) == want and read_json(stamp, {}).get("code_version") == code_version()
+        summary = read_json(run.summary)
         if same and summary and not summary["interrupted"] and set(summary["status"]) <= {"finished"}:
             summary["rows"] = outputs.trial_rows(run_dir, summary["searched"])
             return summary, "reused"
-        if same and (run_dir / "search.json").exists():
-            return _finished(run_search(run_dir, address=address, resume=True), name), "resumed"
-        stale = bench_dir / "runs" / "stale" / name
+        if same and run.search.exists():
+            return _unless_interrupted(run_search(run_dir, address=address, resume=True), name), "resumed"
+        stale = bench.stale(name).path
         shutil.rmtree(stale, ignore_errors=True)
         stale.parent.mkdir(parents=True, exist_ok=True)
         run_dir.rename(stale)
         print(f"bench: {name} was made by other code or settings; moved to {stale}, running it again", flush=True)
     run_dir.mkdir(parents=True)
     write_json(stamp, {"code_version": code_version(), "git_commit": git_commit()})
-    return _finished(run_search(run_dir, settings, address=address), name), "ran"
+    return _unless_interrupted(run_search(run_dir, settings, address=address), name), "ran"
 
 
-def _finished(summary: dict[str, Any], name: str) -> dict[str, Any]:
+def _unless_interrupted(summary: dict[str, Any], name: str) -> dict[str, Any]:
     """A search the driver's interrupt (Ctrl-C, a time limit, scancel) stopped stops the bench too: running
     the same command again continues it."""
     if summary["interrupted"]:
         raise KeyboardInterrupt(f"bench run {name} interrupted")
     return summary
+
+
+def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, Any], grid_repeats: int, base,
+                trials: int, cpus_per_worker: float, gpus_per_worker: float, address: str | None):
+    """Run every (mode, W, K, recipe) point `repeats` times: ({point: [measured repeat]}, [failed run])."""
+    from voxtune.parallel.settings import SearchSettings
+
+    points: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
+    failed: list[dict[str, Any]] = []  # runs whose every trial failed
+    total = len(runs) * repeats
+    for i, ((mode, w, k, recipe), rep) in enumerate(itertools.product(runs, range(1, repeats + 1)), start=1):
+        name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
+        settings = SearchSettings(cache_dir=str(Path(cache).resolve()), mode=mode, space=space, search="grid",
+                                  num_samples=grid_repeats, scheduler="fifo", workers=w,
+                                  workers_per_trial=k if mode == "hybrid" else None,
+                                  cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                                  base_config=base.to_dict(), ddp_recipe=recipe if k > 1 else None)
+        load = _load()
+        print(f"[bench {i}/{total}] {name}: {trials} trials, {w // k} at once x {k} worker(s), "
+              f"{base.epochs} epochs ... (load {load})", flush=True)
+        summary, how = _run_one(layout.path, name, settings, address)
+        run = layout.relative(layout.run(name))
+        if not any(summary["status"].get(status) for status in state.FINAL):
+            # Every trial failed: nothing to time. Recorded as failed, and the bench goes on.
+            reasons = sorted({r["reason"] for r in summary["rows"] if r["reason"]})
+            failed.append({"run": run, "mode": mode, "workers": w, "ddp_recipe": recipe, "repeat": rep,
+                           "status": summary["status"], "reasons": reasons})
+            print(f"[bench {i}/{total}] {name}: failed, every trial ({summary['status']}): "
+                  f"{'; '.join(reasons) or 'see its leaderboard'}; going on with the next run", flush=True)
+            continue
+        row = {**measure_run(layout.run(name).path, summary, summary["rows"]), "run": run, "how": how,
+               "load_before": load}
+        points.setdefault((mode, w, recipe), []).append(row)
+        print(f"[bench {i}/{total}] {name}: {how}, wall {row['wall_s']:.1f}s, {row['per_epoch_s']:.2f}s/epoch, "
+              f"best val Dice {row['best_val_dice'] or 0:.3f}, status {row['status']}", flush=True)
+        if set(row["status"]) != {"finished"} or row["trials"] != trials:
+            print(f"bench: warning: {name} did not finish all {trials} trials ({row['status']}); its times "
+                  "are not comparable with the other runs", flush=True)
+    return points, failed
 
 
 def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: list[str], trials: int,
@@ -230,7 +256,6 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
     """Run every point of the benchmark `repeats` times; write bench.json, speedup.png, bench.md."""
     from voxtune.bench.tables import bench_markdown, write_plot
     from voxtune.parallel.space import load_space
-    from voxtune.parallel.tune import SearchSettings
 
     recipes = list(recipes or ["global-batch"])
     runs = plan_runs(list(workers), list(modes), workers_per_trial, recipes)
@@ -248,48 +273,21 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         recipe_config(base.to_dict(), k, recipe)  # an impossible recipe fails before anything runs
     bench_dir = Path(out).resolve()
     bench_dir.mkdir(parents=True, exist_ok=True)
+    layout = BenchDir(bench_dir)
     if 1 not in workers:
         print("bench: adding the 1-worker run: every speed-up is measured against it")
     if grid_repeats > 1:
         print(f"bench: {trials} trials = {len(configs) // grid_repeats} grid points x {grid_repeats} seeds "
               "(no sub-grid of the space has exactly that many points)")
 
-    points: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
-    failed: list[dict[str, Any]] = []  # runs whose every trial failed
-    total = len(runs) * repeats
-    for i, ((mode, w, k, recipe), rep) in enumerate(itertools.product(runs, range(1, repeats + 1)), start=1):
-        name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
-        settings = SearchSettings(cache_dir=str(Path(cache).resolve()), mode=mode, space=sub, search="grid",
-                                  num_samples=grid_repeats, scheduler="fifo", workers=w,
-                                  workers_per_trial=k if mode == "hybrid" else None,
-                                  cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                  base_config=recipe_config(base.to_dict(), k, recipe))
-        load = _load()
-        print(f"[bench {i}/{total}] {name}: {trials} trials, {w // k} at once x {k} worker(s), "
-              f"{base.epochs} epochs ... (load {load})", flush=True)
-        summary, how = _run_one(bench_dir, name, settings, address)
-        if not any(summary["status"].get(k) for k in state.FINAL):
-            # Every trial failed: nothing to time. Recorded as failed, and the bench goes on.
-            reasons = sorted({r["reason"] for r in summary["rows"] if r["reason"]})
-            failed.append({"run": f"runs/{name}", "mode": mode, "workers": w, "ddp_recipe": recipe, "repeat": rep,
-                           "status": summary["status"], "reasons": reasons})
-            print(f"[bench {i}/{total}] {name}: failed, every trial ({summary['status']}): "
-                  f"{'; '.join(reasons) or 'see its leaderboard'}; going on with the next run", flush=True)
-            continue
-        row = {**measure_run(bench_dir / "runs" / name, summary, summary["rows"]), "run": f"runs/{name}",
-               "how": how, "load_before": load}
-        points.setdefault((mode, w, recipe), []).append(row)
-        print(f"[bench {i}/{total}] {name}: {how}, wall {row['wall_s']:.1f}s, {row['per_epoch_s']:.2f}s/epoch, "
-              f"best val Dice {row['best_val_dice'] or 0:.3f}, status {row['status']}", flush=True)
-        if set(row["status"]) != {"finished"} or row["trials"] != trials:
-            print(f"bench: warning: {name} did not finish all {trials} trials ({row['status']}); its times "
-                  "are not comparable with the other runs", flush=True)
+    points, failed = _run_points(runs, repeats, layout, cache, sub, grid_repeats, base, trials,
+                                 cpus_per_worker, gpus_per_worker, address)
 
     if not any(w == 1 for _, w, _ in points):
-        write_json(bench_dir / "bench.json", {"format": FORMAT, "runs": [], "failed_runs": failed})
+        write_json(layout.bench_json, {"format": FORMAT, "runs": [], "failed_runs": failed})
         raise VoxtuneError(f"every 1-worker run failed, and every speed-up is measured against it: "
                            f"{'; '.join(sorted({x for f in failed for x in f['reasons']})) or 'see its leaderboard'} "
-                           f"(in {bench_dir}/bench.json)")
+                           f"(in {layout.bench_json})")
     reached = [r["best_val_dice"] for reps in points.values() for r in reps if r["best_val_dice"] is not None]
     target = target_dice if target_dice is not None else TARGET_SHARE * max(reached, default=0.0)
     rows = _rows(points, modes, target)
@@ -302,7 +300,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         "settings": {
             "cache": str(Path(cache).resolve()), "trials": trials, "epochs": base.epochs, "grid_repeats": grid_repeats,
             "repeats": repeats, "configs": configs, "space": sub, "workers": sorted(set(workers) | {1}),
-            "modes": list(modes), "ddp_recipes": recipes, "hybrid_workers_per_trial": 2 if workers_per_trial is None
+            "modes": list(modes), "ddp_recipes": recipes, "hybrid_workers_per_trial": HYBRID_K if workers_per_trial is None
             else workers_per_trial, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
             "address": address, "base_config": base.to_dict(), "target_dice": target,
             "target_dice_rule": "given" if target_dice is not None else f"{TARGET_SHARE:g} x best val Dice reached",
@@ -311,10 +309,10 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
             "model_params": params, "param_bytes": params * 4,
         },
     }
-    write_json(bench_dir / "bench.json", bench)
-    write_plot(bench, bench_dir / "speedup.png")
-    (bench_dir / "bench.md").write_text(bench_markdown(bench))
-    print(f"bench: wrote {bench_dir}/bench.json, speedup.png, bench.md")
+    write_json(layout.bench_json, bench)
+    write_plot(bench, layout.plot)
+    layout.markdown.write_text(bench_markdown(bench))
+    print(f"bench: wrote {layout.bench_json}, {layout.plot.name}, {layout.markdown.name}")
     return bench
 
 

@@ -15,10 +15,10 @@ C = N / K trials run at once, in waves of C; the last (tail) wave may leave work
 
 contention(w) is how much slower one worker's compute gets when w workers share a node (memory
 bandwidth and cores on a CPU box; 1 on one-GPU-per-worker); start-up has its own such factor.
-Calibrated from a bench.json: step_s from the 1-worker run's per-epoch time; both contention
-factors from experiment runs; beta from the
-data/hybrid runs' per-epoch time left over after the compute-only prediction; startup and per-trial
-overhead from wall time outside training loops. Without a calibration, DEFAULTS describe the paper.
+Calibrated from a bench.json: step_s from the 1-worker run's per-epoch time; both contention factors
+from experiment runs; beta from the data/hybrid runs' per-epoch time left over after the compute-only
+prediction; startup and per-trial overhead from wall time outside training loops. Without a
+calibration, DEFAULTS describe the paper.
 
 Error: bench.md reports the model against the runs it was calibrated on (in-sample);
 `voxtune plan --calibration A/bench.json --check B/bench.json` predicts the runs of another bench
@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from voxtune.bench.benchmark import FORMAT
+from voxtune.bench.record import FORMAT, read_bench
 from voxtune.errors import VoxtuneError
+from voxtune.parallel.modes import mode_of
 
 # A whole-volume validation case costs this fraction of one training case (forward only ~ 1/3 of
 # forward + backward, plus the Dice and loss on the full volume). Not separable from the 1-worker
@@ -143,8 +144,7 @@ def predict(m: MakespanModel, workers: int, trials: int, k: int, gpus_per_node: 
     wall = (m.startup(on_node(min(slots, trials)), k) + full * (overhead + m.epochs * full_epoch)
             + (overhead + m.epochs * tail_epoch if tail else 0.0))
     training = k * m.epochs * (full * slots * full_epoch + tail * tail_epoch)  # worker-seconds in the loop
-    mode = "experiment" if k == 1 else "data" if k == workers else "hybrid"
-    return {"mode": mode, "workers": workers, "workers_per_trial": k, "concurrent_trials": slots,
+    return {"mode": mode_of(workers, k), "workers": workers, "workers_per_trial": k, "concurrent_trials": slots,
             "waves": full + (1 if tail else 0), "tail_trials": tail or min(slots, trials),
             "idle_worker_s": workers * wall - training, "predicted_wall_s": wall}
 
@@ -207,19 +207,6 @@ def calibrate(bench: dict[str, Any]) -> MakespanModel:
     return m
 
 
-def _read_bench(path: str | Path, flag: str) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        bench = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VoxtuneError(f"{flag} {path}: file not found; run `voxtune bench` to make one") from None
-    except (OSError, ValueError) as exc:
-        raise VoxtuneError(f"{flag} {path}: not readable as JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(bench, dict):
-        raise VoxtuneError(f"{flag} {path}: expected a bench.json object")
-    return bench
-
-
 def _calibrated(bench: dict[str, Any], path: str | Path) -> MakespanModel:
     """calibrate(bench), its errors naming the --calibration file."""
     try:
@@ -229,7 +216,7 @@ def _calibrated(bench: dict[str, Any], path: str | Path) -> MakespanModel:
 
 
 def load_calibration(path: str | Path | None) -> MakespanModel:
-    return DEFAULTS if path is None else _calibrated(_read_bench(path, "--calibration"), path)
+    return DEFAULTS if path is None else _calibrated(read_bench(path, "--calibration"), path)
 
 
 def plan(m: MakespanModel, workers: int, trials: int, gpus_per_node: int | None = None) -> dict[str, Any]:
@@ -309,7 +296,7 @@ def _net(bench: dict[str, Any]) -> dict[str, Any]:
 
 def check(calibration: str | Path, other: str | Path) -> dict[str, Any]:
     """Out-of-sample error: the model calibrated on one bench.json predicting another's measured runs."""
-    cal, runs = _read_bench(calibration, "--calibration"), _read_bench(other, "--check")
+    cal, runs = read_bench(calibration, "--calibration"), read_bench(other, "--check")
     differ = [k for part, keys in SAME_SETUP.items() for k in keys
               if (cal.get(part) or {}).get(k) != (runs.get(part) or {}).get(k)]
     differ += ["model config"] if _net(cal) != _net(runs) else []
@@ -322,8 +309,8 @@ def check(calibration: str | Path, other: str | Path) -> dict[str, Any]:
         rows = predict_runs(model, runs)
     except VoxtuneError as exc:
         raise VoxtuneError(f"--check {other}: {exc}") from None
-    worst = max((abs(r["error_pct"]) for r in rows), default=float("nan"))
-    return {"calibration": str(calibration), "checked": str(other), "runs": rows, "max_abs_error_pct": worst}
+    return {"calibration": str(calibration), "checked": str(other), "runs": rows,
+            "max_abs_error_pct": max((abs(r["error_pct"]) for r in rows), default=float("nan"))}
 
 
 def format_check(result: dict[str, Any]) -> str:
@@ -396,22 +383,15 @@ def run_check(calibration: str | Path | None, other: str | Path, as_json: bool =
 
 def run_plan(*, workers: int, trials: int, calibration: str | Path | None = None, gpus_per_node: int | None = None,
              as_json: bool = False, sweep: bool = False, epochs: int | None = None) -> dict[str, Any]:
-    """`voxtune plan`: print the table (or JSON) and, with sweep, speed-ups from 1 to 256 workers.
-
-    epochs: plan for this many epochs per trial instead of the calibration's (the paper's 20 by default).
-    """
+    """`voxtune plan`: print the table (or JSON) and, with sweep, speed-ups from 1 to 256 workers; `epochs` per
+    trial instead of the calibration's (the paper's 20 by default)."""
+    if epochs is not None and epochs < 1:
+        raise VoxtuneError(f"--epochs {epochs}: need at least 1")
     m = load_calibration(calibration)
-    if epochs is not None:
-        if epochs < 1:
-            raise VoxtuneError(f"--epochs {epochs}: need at least 1")
-        m = replace(m, epochs=epochs)
+    m = replace(m, epochs=epochs) if epochs is not None else m
     result = plan(m, workers, trials, gpus_per_node)
     if sweep:
         result["sweep"] = sweep_speedups(m, trials, gpus_per_node)
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_plan(result))
-        if sweep:
-            print("\n" + format_sweep(result["sweep"], m, trials))
+    print(json.dumps(result, indent=2) if as_json else format_plan(result)
+          + ("\n\n" + format_sweep(result["sweep"], m, trials) if sweep else ""))
     return result

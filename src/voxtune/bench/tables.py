@@ -5,12 +5,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from voxtune.parallel.modes import MODES
-
 
 def label(row: dict[str, Any]) -> str:
     """A run's name in tables and legends: its mode, and its DDP recipe when it has one."""
     return row["mode"] + (f" ({row['ddp_recipe']})" if row.get("ddp_recipe") else "")
+
+
+_STYLES = list(zip("osD^v<>", ("-", "-.", ":", "--", "-", "-.", ":")))  # (marker, line style) per line
+
+
+def _lines(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(name, rows by workers) of each mode and recipe; the shared 1-worker run starts every experiment
+    and data line."""
+    base = next(r for r in runs if r["workers"] == 1)
+    out = []
+    for mode, recipe in dict.fromkeys((r["mode"], r.get("ddp_recipe")) for r in runs if r["workers"] > 1):
+        rows = [r for r in runs if (r["mode"], r.get("ddp_recipe")) == (mode, recipe) and r["workers"] > 1]
+        out.append((label({"mode": mode, "ddp_recipe": recipe}), ([base] if mode != "hybrid" else []) + rows))
+    return out
+
+
+def draw_speedup(ax, runs: list[dict[str, Any]]) -> None:
+    """Speed-up against workers on `ax`: a line per mode and recipe, and the ideal (the plot of
+    speedup.png and of `voxtune report`)."""
+    workers = sorted({r["workers"] for r in runs})
+    ax.plot(workers, workers, "k--", lw=1, label="ideal")
+    for (name, rows), (marker, style) in zip(_lines(runs), _STYLES):
+        ax.plot([r["workers"] for r in rows], [r["speedup"] for r in rows], marker=marker, linestyle=style,
+                markersize=8, label=name)
+    if len(workers) > 2:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(workers, [str(w) for w in workers])
+    ax.set_xlabel("workers (CPU cores or GPUs)")
+    ax.set_ylabel("speed-up vs 1 worker (median wall time)")
+    ax.set_ylim(0, max(workers) * 1.08)  # from 0: a cropped axis would exaggerate the gap between modes
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def write_plot(bench: dict[str, Any], path: Path) -> None:
@@ -22,32 +52,21 @@ def write_plot(bench: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, qx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    draw_speedup(ax, bench["runs"])
     workers = sorted({r["workers"] for r in bench["runs"]})
-    ax.plot(workers, workers, "k--", lw=1, label="ideal")
-    base = next(r for r in bench["runs"] if r["workers"] == 1)
-    lines = dict.fromkeys((r["mode"], r.get("ddp_recipe")) for r in bench["runs"] if r["workers"] > 1)
-    for (mode, recipe), (marker, style) in zip(lines, zip("osD^v<>", ("-", "-.", ":", "--", "-", "-.", ":"))):
-        rows = [r for r in bench["runs"] if (r["mode"], r.get("ddp_recipe")) == (mode, recipe) and r["workers"] > 1]
-        if mode != "hybrid":
-            rows.insert(0, base)  # the shared 1-worker search starts every experiment and data line
-        name = label({"mode": mode, "ddp_recipe": recipe})
-        ax.plot([r["workers"] for r in rows], [r["speedup"] for r in rows], marker=marker, linestyle=style,
-                markersize=8, label=name)
+    for (name, rows), (marker, style) in zip(_lines(bench["runs"]), _STYLES):
         dice = [r["best_val_dice"] or 0.0 for r in rows]
         spread = [[d - r["best_val_dice_min"] for d, r in zip(dice, rows)],
                   [r["best_val_dice_max"] - d for d, r in zip(dice, rows)]]
         qx.errorbar([r["workers"] for r in rows], dice, yerr=spread, marker=marker, linestyle=style, capsize=3,
                     label=name)
-    for axis in (ax, qx):
-        if len(workers) > 2:
-            axis.set_xscale("log", base=2)
-        axis.set_xticks(workers, [str(w) for w in workers])
-        axis.set_xlabel("workers (CPU cores or GPUs)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+    if len(workers) > 2:
+        qx.set_xscale("log", base=2)
+    qx.set_xticks(workers, [str(w) for w in workers])
+    qx.set_xlabel("workers (CPU cores or GPUs)")
+    qx.grid(alpha=0.3)
+    qx.legend(fontsize=8)
     s = bench["settings"]
-    ax.set_ylabel("speed-up vs 1 worker (median wall time)")
-    ax.set_ylim(0, max(workers) * 1.08)  # from 0: a cropped axis would exaggerate the gap between modes
     ax.set_title(f"{s['trials']} trials x {s['epochs']} epoch(s), {s['repeats']} repeat(s)", fontsize=10)
     qx.set_ylabel("best val Dice of the search")
     qx.set_ylim(0, 1.02)

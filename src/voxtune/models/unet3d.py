@@ -84,3 +84,9 @@ class UNet3D(nn.Module):
         for upsample, block, skip in zip(self.upsample, self.up, reversed(skips)):
             x = block(torch.cat([upsample(x), skip], dim=1))
         return self.head(x)
+
+
+def build(cfg, in_channels: int, out_channels: int) -> UNet3D:
+    """The registry's builder (voxtune.models.NETWORKS) from a TrainConfig."""
+    return UNet3D(in_channels, out_channels, cfg.filter_start, cfg.depth, cfg.norm, cfg.kernel_size,
+                  prior=cfg.foreground_prior)

@@ -1,5 +1,67 @@
-"""The three ways to spend W workers on a search (one home for their names)."""
+"""The ways to spend W workers on a search, and the rules that come with them: one home for each.
 
-# experiment: W trials at once, 1 worker each; data: 1 trial at a time over W DDP workers;
-# hybrid: W/K trials at once, K DDP workers each.
+    experiment  W trials at once, 1 worker each;
+    data        1 trial at a time over W DDP workers;
+    hybrid      W/K trials at once, K DDP workers each (1 < K < W, K divides W).
+
+A trial over K > 1 workers trains a problem chosen by its DDP recipe:
+    global-batch  each of the K ranks takes batch_size / K: the global batch, the steps per epoch and
+                  the lr are the 1-worker trial's (the default: the same optimisation problem);
+    scale-lr      each rank takes batch_size and lr is multiplied by K, as the paper did (K x fewer,
+                  K x larger steps);
+    per-rank      each rank takes batch_size, the config as it is (K x the global batch; voxtune
+                  tune's behaviour before global-batch became its default).
+`voxtune tune`, `voxtune bench` and `voxtune plan` all ask this module, so a word means one thing in
+every command.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from voxtune.errors import VoxtuneError
+
 MODES = ("experiment", "data", "hybrid")
+RECIPES = ("global-batch", "scale-lr", "per-rank")
+DEFAULT_RECIPE = "global-batch"
+HYBRID_K = 2  # bench's K for hybrid runs when --workers-per-trial is not given
+
+
+def workers_per_trial(mode: str, workers: int, k: int | None = None) -> int:
+    """K, the DDP workers of each trial, for `mode` on `workers` workers (`k`: --workers-per-trial as given).
+    A K the mode would ignore, or one that does not divide W, is refused."""
+    if mode not in MODES:
+        raise VoxtuneError(f"unknown --mode '{mode}'; choose one of {', '.join(MODES)}")
+    if mode == "experiment" and k not in (None, 1):
+        raise VoxtuneError("--mode experiment runs one worker per trial; drop --workers-per-trial or use hybrid")
+    if mode == "data" and k not in (None, workers):
+        raise VoxtuneError(f"--mode data runs every trial over all --workers {workers}; drop "
+                           "--workers-per-trial or use --mode hybrid")
+    per_trial = {"experiment": 1, "data": workers}.get(mode, k)
+    if per_trial is None:
+        raise VoxtuneError("--mode hybrid needs --workers-per-trial K (DDP workers in each trial)")
+    if per_trial < 1 or workers % per_trial:
+        raise VoxtuneError(f"--workers-per-trial {per_trial} must divide --workers {workers}")
+    return per_trial
+
+
+def mode_of(workers: int, k: int) -> str:
+    """The mode a split of W workers into trials of K is called by."""
+    return "experiment" if k == 1 else "data" if k == workers else "hybrid"
+
+
+def recipe_config(base: dict[str, Any], k: int, recipe: str | None) -> dict[str, Any]:
+    """The train config of each rank of a K-worker trial under a DDP recipe (K = 1 or no recipe: the
+    base config unchanged). A batch that global-batch cannot split over K ranks is refused."""
+    if k == 1 or recipe is None:
+        return dict(base)
+    if recipe not in RECIPES:
+        raise VoxtuneError(f"--ddp-recipe {recipe}: choose from {', '.join(RECIPES)}")
+    if recipe == "global-batch":
+        if base["batch_size"] % k:
+            raise VoxtuneError(f"--ddp-recipe global-batch splits batch_size {base['batch_size']} over {k} ranks, "
+                               f"and {k} does not divide {base['batch_size']}; set a batch_size divisible by {k} "
+                               "or use --ddp-recipe scale-lr")
+        return {**base, "batch_size": base["batch_size"] // k, "scale_lr": False}
+    if recipe == "scale-lr":
+        return {**base, "scale_lr": True}
+    return dict(base)

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from voxtune.files import atomic_write, read_json
+from voxtune.layout import RunDir
 from voxtune.parallel import state
 from voxtune.formatting import short
 
 
-def trained(records: list[dict[str, Any]]) -> dict[str, Any]:
+def training_totals(records: list[dict[str, Any]]) -> dict[str, Any]:
     """What a trial's metrics.json records say it trained: {"epochs", "train_time_s"}."""
     return {"epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records)}
 
@@ -24,7 +25,7 @@ def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -
     """When the first epoch that ended after `since` (a search's start) began, over every trial: the end
     of a search's start-up (workers, imports, DDP groups, model build), or None when none trained."""
     starts = [r["end_ts"] - r["epoch_time_s"] for row in rows
-              for r in read_json(run_dir / "trials" / row["trial_id"] / "metrics.json", [])
+              for r in read_json(RunDir(run_dir).trial(row["trial_id"]).metrics, [])
               if r.get("end_ts", 0) >= since]
     return min(starts, default=None)
 
@@ -33,13 +34,13 @@ def trial_rows(run_dir: Path, searched: list[str]) -> list[dict[str, Any]]:
     """One row per trial folder, as its trial.json and metrics.json say, with its best validation
     epoch's metrics; sorted by val_dice (best first)."""
     rows = []
-    for trial_dir in sorted((run_dir / "trials").glob("*/")):
-        info = state.read(trial_dir)
+    for trial_dir in RunDir(run_dir).trials():
+        info = state.read(trial_dir.path)
         if not info:
             continue
-        records = read_json(trial_dir / "metrics.json", [])
+        records = read_json(trial_dir.metrics, [])
         best = max(records, key=lambda r: r["val_dice"], default={})
-        done = trained(records)
+        done = training_totals(records)
         row = {"trial_id": info.get("trial_id", trial_dir.name), **{k: info["config"].get(k) for k in searched},
                "status": info.get("status", "unknown"), "epochs": done["epochs"], "best_epoch": best.get("epoch", ""),
                "val_dice": best.get("val_dice", "")}

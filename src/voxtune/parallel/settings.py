@@ -1,23 +1,45 @@
-"""What defines a search: SearchSettings, saved to RUN/search.json so `--resume` needs only --out."""
+"""What defines a search, and what a trial is handed.
+
+SearchSettings: the command's settings, saved to RUN/search.json so `--resume` needs only --out;
+checked once (check() returns the checked copy, never changes the one it checks). TrialPlan: what
+each trial needs of them, built once by the driver and handed to every trial with
+tune.with_parameters (Ray Tune's own pattern), its train config already validated.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from voxtune.config import make_config
+from voxtune.config import TrainConfig, make_config
 from voxtune.errors import VoxtuneError
-from voxtune.parallel.modes import MODES
+from voxtune.parallel import modes
 from voxtune.parallel.space import count_trials, load_space, validate_space
 
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
 
 
+@dataclass(frozen=True)
+class TrialPlan:
+    """What a trial needs to run: where, on what, with how many workers, and its base train config
+    (the DDP recipe applied; the trial's searched values go on top of it)."""
+
+    run_dir: str
+    cache_dir: str
+    config: TrainConfig
+    workers_per_trial: int
+    cpus: float
+    gpus: float
+    searched: tuple[str, ...]
+    folders: dict[str, str]  # {config_key: folder}: a search resumed without Tune's state continues there
+    search_id: str  # one per run of the driver: a trial's own error is final within it
+
+
 @dataclass
 class SearchSettings:
-    """W workers, K workers per trial: W/K trials run at once, each over K DDP ranks (experiment:
-    K = 1; data: K = W; hybrid: 1 < K < W). Options a mode would ignore are refused."""
+    """W workers, K workers per trial: W/K trials run at once, each over K DDP ranks (see
+    voxtune.parallel.modes). Options a mode would ignore are refused."""
 
     cache_dir: str
     mode: str = "experiment"
@@ -31,10 +53,10 @@ class SearchSettings:
     gpus_per_worker: float = 0.0
     base_config: dict[str, Any] = field(default_factory=dict)
     max_failures: int = 3
+    ddp_recipe: str | None = None  # None: global-batch, or scale-lr where the config sets scale_lr
 
-    def check(self) -> "SearchSettings":
-        if self.mode not in MODES:
-            raise VoxtuneError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
+    def checked(self) -> "SearchSettings":
+        """The checked settings: a copy with K and the recipe resolved and the cache path made absolute."""
         if self.search not in SEARCHES:
             raise VoxtuneError(f"unknown --search '{self.search}'; choose one of {', '.join(SEARCHES)}")
         if self.scheduler not in SCHEDULERS:
@@ -45,10 +67,9 @@ class SearchSettings:
             raise VoxtuneError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
         if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
             raise VoxtuneError(f"--gpus-per-worker {self.gpus_per_worker}: above 1 it must be whole")
-        self.workers_per_trial = self.per_trial()
-        self.cache_dir = str(Path(self.cache_dir).resolve())  # Ray workers run in other folders
+        k = self.per_trial()
         validate_space(self.space)
-        make_config(self.base_config)
+        base = make_config(self.base_config)
         if self.num_samples is not None and self.num_samples < 1:
             raise VoxtuneError(f"--num-samples {self.num_samples}: need at least 1")
         if self.search == "grid" and (self.num_samples or 1) > 1 and "seed" in self.space:
@@ -56,20 +77,31 @@ class SearchSettings:
                                "'seed' already; drop one of them")
         if count_trials(self.space, self.search, self.num_samples) < 1:
             raise VoxtuneError("the search space yields no trials")
-        return self
+        recipe = self.ddp_recipe
+        if recipe is not None and k == 1:
+            raise VoxtuneError(f"--ddp-recipe {recipe}: a trial of one worker has no DDP ranks to split a batch "
+                               "over; drop it (or use --mode data or hybrid)")
+        if recipe is not None and base.scale_lr and recipe != "scale-lr":
+            raise VoxtuneError(f"config key 'scale_lr': true is the scale-lr recipe, but --ddp-recipe is {recipe}; "
+                               "drop one of them")
+        if recipe is None and k > 1:
+            recipe = "scale-lr" if base.scale_lr else modes.DEFAULT_RECIPE
+        checked = replace(self, workers_per_trial=k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()))
+        checked.trial_config()  # a batch the recipe cannot split is refused before anything runs
+        return checked
 
     def per_trial(self) -> int:
-        k = {"experiment": 1, "data": self.workers}.get(self.mode, self.workers_per_trial)
-        if k is None:
-            raise VoxtuneError("--mode hybrid needs --workers-per-trial K (DDP workers in each trial)")
-        if self.mode == "experiment" and self.workers_per_trial not in (None, 1):
-            raise VoxtuneError("--mode experiment runs one worker per trial; drop --workers-per-trial or use hybrid")
-        if self.mode == "data" and self.workers_per_trial not in (None, self.workers):
-            raise VoxtuneError(f"--mode data runs every trial over all --workers {self.workers}; drop "
-                               "--workers-per-trial or use --mode hybrid")
-        if k < 1 or self.workers % k:
-            raise VoxtuneError(f"--workers-per-trial {k} must divide --workers {self.workers}")
-        return k
+        return modes.workers_per_trial(self.mode, self.workers, self.workers_per_trial)
+
+    def trial_config(self) -> TrainConfig:
+        """The base train config of every rank of a trial: the command's, under the DDP recipe."""
+        base = make_config(self.base_config).to_dict()
+        return make_config(modes.recipe_config(base, self.per_trial(), self.ddp_recipe))
+
+    def plan(self, run_dir: str | Path, folders: dict[str, str], search_id: str) -> TrialPlan:
+        return TrialPlan(run_dir=str(run_dir), cache_dir=self.cache_dir, config=self.trial_config(),
+                         workers_per_trial=self.per_trial(), cpus=self.cpus_per_worker, gpus=self.gpus_per_worker,
+                         searched=tuple(self.trial_space()), folders=dict(folders), search_id=search_id)
 
     def trial_space(self) -> dict[str, Any]:
         """The space the trials sample: grid repeats (--num-samples N) become a grid over N seeds

@@ -21,6 +21,7 @@ from typing import Any
 
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
+from voxtune.layout import TrialDir
 
 STATES = ("running", "finished", "stopped", "error", "interrupted")
 FINAL = ("finished", "stopped")
@@ -53,7 +54,7 @@ def reason_of(exc: BaseException) -> str:
 
 
 def path(trial_dir: Path) -> Path:
-    return Path(trial_dir) / "trial.json"
+    return TrialDir(trial_dir).state
 
 
 def read(trial_dir: Path) -> dict[str, Any]:

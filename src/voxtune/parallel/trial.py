@@ -27,8 +27,10 @@ from ray.tune import Callback
 from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
 from voxtune.files import DiskFull, read_json
+from voxtune.layout import RunDir, TrialDir
 from voxtune.parallel import outputs, state
 from voxtune.parallel.ddp import WorkerGroup
+from voxtune.parallel.settings import TrialPlan
 
 class TrialFailed(VoxtuneError):
     """A trial's own error, final for this run of the search: raised to Tune so that Tune records the
@@ -46,11 +48,11 @@ class TrialFailed(VoxtuneError):
 class FinalErrors(Callback):
     """In the driver: a trial requeued after a final error (see TrialFailed) gets no further retries."""
 
-    def __init__(self, settings: dict[str, Any]):
-        self.settings = settings
+    def __init__(self, plan: TrialPlan):
+        self.plan = plan
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        found = state.read(trial_folder(self.settings, trial.trial_id, trial.config))
+        found = state.read(trial_folder(self.plan, trial.trial_id, trial.config))
         if found.get("status") == "error" and found.get("final_in"):  # (a new attempt clears final_in)
             trial.max_failures = 0
 
@@ -81,36 +83,35 @@ def quiet_final_errors() -> None:
 _GROUP: WorkerGroup | None = None
 
 
-def folder_key(config: dict[str, Any], searched: list[str]) -> str:
+def config_key(config: dict[str, Any], searched: list[str]) -> str:
     """What identifies a trial across Tune's trial ids: its searched values."""
     return json.dumps({k: config.get(k) for k in searched}, sort_keys=True, default=str)
 
 
-def trial_folder(settings: dict[str, Any], trial_id: str, config: dict[str, Any]) -> Path:
+def trial_folder(plan: TrialPlan, trial_id: str, config: dict[str, Any]) -> Path:
     """RUN/trials/<trial_id>, or the folder of an earlier attempt at the same config when the search is
     resumed without Tune's own state (it was killed before Tune first saved it; Tune gave new ids)."""
-    adopted = settings.get("adopt", {}).get(folder_key(config, settings["searched"]))
-    return Path(settings["run_dir"]) / "trials" / (adopted or trial_id)
+    found = plan.folders.get(config_key(config, list(plan.searched)))
+    return RunDir(plan.run_dir).trial(found or trial_id).path
 
 
-def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Train one trial. `settings`: run_dir, cache_dir, base_config, workers_per_trial, cpus, gpus,
-    searched, adopt (see trial_folder), search_id (one per run of the driver: see TrialFailed)."""
+def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
+    """Train one trial: `config` (its searched values) over plan.config, on plan.workers_per_trial ranks."""
     global _GROUP
     t_start = time.time()
     tune_id = tune.get_context().get_trial_id()
-    out = trial_folder(settings, tune_id, config)
+    out = trial_folder(plan, tune_id, config)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = make_config(config, base=make_config(settings["base_config"]))
+    cfg = make_config(config, base=plan.config)
 
     info = state.read(out)
     if info.get("status") in state.FINAL:
         # Done before the driver died and Tune's state lagged behind: report, never retrain.
-        tune.report((read_json(out / "metrics.json", []) or [{}])[-1])
+        tune.report((read_json(TrialDir(out).metrics, []) or [{}])[-1])
         return
-    if info.get("status") == "error" and info.get("final_in") == settings["search_id"]:
+    if info.get("status") == "error" and info.get("final_in") == plan.search_id:
         raise TrialFailed(info["reason"])  # Tune's retry of a final error: nothing to train
-    state.start_attempt(out, out.name, config, tune_trial_id=tune_id, workers=settings["workers_per_trial"],
+    state.start_attempt(out, out.name, config, tune_trial_id=tune_id, workers=plan.workers_per_trial,
                         node=ray.get_runtime_context().get_node_id())
 
     reported: list[int] = []  # epochs reported in this attempt
@@ -126,23 +127,23 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
             # Written at once: with no next trial, Tune may kill this actor before the ranks have left.
             # (ASHA also stops a trial at its last epoch, max_t: that one finished.)
             state.end(out, "finished" if record["epoch"] >= cfg.epochs else "stopped",
-                      **outputs.trained(read_json(out / "metrics.json", [])))
+                      **outputs.training_totals(read_json(TrialDir(out).metrics, [])))
             return True
         return False
 
     try:
         if _GROUP is None:
-            _GROUP = WorkerGroup(settings["workers_per_trial"], settings["cpus"], settings["gpus"])
+            _GROUP = WorkerGroup(plan.workers_per_trial, plan.cpus, plan.gpus)
         state.write(out, node_ip=_GROUP.nodes[0], nodes=_GROUP.node_ids, node_ips=_GROUP.nodes,
                     group_id=_GROUP.group_id, pids=_GROUP.pids, setup_s=time.time() - t_start)
-        summary = _GROUP.fit(cfg, settings["cache_dir"], out, report)
+        summary = _GROUP.fit(cfg, plan.cache_dir, out, report)
     except VoxtuneError as exc:
         # The one place a trial's own error ends it, at whatever epoch: recorded, then raised to Tune.
         _GROUP = None
         if not stopped_by_tune:
             reason = state.plain(str(exc))
             try:
-                state.end(out, "error", reason=reason, final_in=settings["search_id"])
+                state.end(out, "error", reason=reason, final_in=plan.search_id)
             except DiskFull:
                 pass  # the run folder's disk is full too: Tune's error carries the line to the driver
             raise TrialFailed(reason) from None
@@ -160,7 +161,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
             tune.report(summary["metrics"][-1])
         if not stopped_by_tune:
             state.end(out, "stopped" if summary["stopped_early"] else "finished",
-                      **outputs.trained(summary["metrics"]))
+                      **outputs.training_totals(summary["metrics"]))
     if stopped_by_tune:
         # End the trial's thread the way Tune asked (SystemExit 0), not by returning: a return makes
         # Tune's function runner report once more and block, so a reused actor could not be reset

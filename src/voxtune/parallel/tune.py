@@ -24,51 +24,48 @@ from voxtune.config import make_config
 from voxtune.data.cache import read_manifest
 from voxtune.errors import VoxtuneError
 from voxtune.files import read_json, write_json
+from voxtune.layout import RunDir, TrialDir
 from voxtune.parallel import outputs, state
 from voxtune.parallel.cluster import init_ray, interrupt_on_stop
-from voxtune.parallel.settings import SCHEDULERS, SEARCHES, SearchSettings  # noqa: F401  (re-exported)
+from voxtune.parallel.settings import SearchSettings
 from voxtune.parallel.space import count_trials, to_tune
 from voxtune.provenance import code_version, git_commit
 
 
 def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: bool) -> SearchSettings:
     """The settings to run: those saved in RUN with --resume, else the given ones for a RUN without a search."""
-    saved = run_dir / "search.json"
+    saved = RunDir(run_dir).search
     if resume:
         if not saved.exists():
             raise VoxtuneError(f"{run_dir}: no search to resume (search.json missing); start one without --resume")
         try:
-            return SearchSettings(**json.loads(saved.read_text())).check()
+            data = json.loads(saved.read_text())
+            if "ddp_recipe" not in data:  # saved before the recipe was a setting: each rank took the full batch
+                data["ddp_recipe"] = "per-rank" if SearchSettings(**data).per_trial() > 1 else None
+            return SearchSettings(**data).checked()
         except (ValueError, TypeError) as exc:
             raise VoxtuneError(f"{saved}: unreadable search settings ({exc}); start a new search in another --out") from None
-    if saved.exists() or (run_dir / "trials").exists():
+    if saved.exists() or RunDir(run_dir).trials_dir.exists():
         raise VoxtuneError(f"{run_dir} already holds a search; continue it with --resume or choose another --out")
     assert settings is not None
     return settings
 
 
-def _trial_settings(settings: SearchSettings, run_dir: Path, adopt: dict[str, str], search_id: str = "") -> dict[str, Any]:
-    return {"run_dir": str(run_dir), "cache_dir": settings.cache_dir, "base_config": settings.base_config,
-            "workers_per_trial": settings.per_trial(), "cpus": settings.cpus_per_worker,
-            "gpus": settings.gpus_per_worker, "searched": list(settings.trial_space()), "adopt": adopt,
-            "search_id": search_id}
-
-
-def _adoptable(run_dir: Path, searched: list[str]) -> dict[str, str]:
+def _folders_by_config(run_dir: Path, searched: list[str]) -> dict[str, str]:
     """{searched values: folder} of the trials already in RUN: a search resumed without Tune's own state
     (killed before Tune first saved it) gives its trials new ids, and they continue in these folders."""
-    from voxtune.parallel.trial import folder_key
+    from voxtune.parallel.trial import config_key
 
     found = {}
-    for trial_dir in sorted((run_dir / "trials").glob("*/")):
-        info = state.read(trial_dir)
+    for trial_dir in RunDir(run_dir).trials():
+        info = state.read(trial_dir.path)
         if info.get("config") is not None:
-            found[folder_key(info["config"], searched)] = trial_dir.name
+            found[config_key(info["config"], searched)] = trial_dir.name
     return found
 
 
 def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
-    """Ray Tune's Tuner for the search (restored from RUN/ray when resuming), and the folders it adopts.
+    """Ray Tune's Tuner for the search (restored from RUN/ray when resuming), and the trial folders it continues (see TrialPlan.folders).
     Each call is one run of the search, with an id of its own: a trial's error is final within it
     (voxtune.parallel.trial.TrialFailed), and a --resume tries the trial again."""
     from ray import tune
@@ -79,14 +76,15 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     from voxtune.parallel.trial import FinalErrors, run_trial
 
     space = settings.trial_space()
-    restore = resume and tune.Tuner.can_restore(str(run_dir / "ray"))
-    adopt = _adoptable(run_dir, list(space)) if resume and not restore else {}
+    tune_state = RunDir(run_dir).tune_state
+    restore = resume and tune.Tuner.can_restore(str(tune_state))
+    folders = _folders_by_config(run_dir, list(space)) if resume and not restore else {}
     bundle = {"CPU": settings.cpus_per_worker} | ({"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {})
-    trial_settings = _trial_settings(settings, run_dir, adopt, search_id=uuid.uuid4().hex)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=trial_settings),
+    plan = settings.plan(run_dir, folders, search_id=uuid.uuid4().hex)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
                                     tune.PlacementGroupFactory([bundle] * settings.per_trial()))
     if restore:
-        return tune.Tuner.restore(str(run_dir / "ray"), trainable, resume_unfinished=True, resume_errored=True), adopt
+        return tune.Tuner.restore(str(tune_state), trainable, resume_unfinished=True, resume_errored=True), folders
 
     search_alg = None
     if settings.search == "optuna":
@@ -111,11 +109,11 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
                                     # ones included (run_trial ends their thread as Tune expects).
                                     reuse_actors=True,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
-        run_config=tune.RunConfig(name="ray", storage_path=str(run_dir),
+        run_config=tune.RunConfig(name=tune_state.name, storage_path=str(tune_state.parent),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  callbacks=[progress, FinalErrors(trial_settings), CSVLoggerCallback(),
+                                  callbacks=[progress, FinalErrors(plan), CSVLoggerCallback(),
                                              JsonLoggerCallback()], verbose=0),
-    ), adopt
+    ), folders
 
 
 def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, address: str | None = None,
@@ -124,7 +122,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     t_command = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     if settings is not None:
-        read_manifest(settings.check().cache_dir)  # a missing cache fails before RUN is created
+        settings = settings.checked()
+        read_manifest(settings.cache_dir)  # a missing cache fails before RUN is created
     settings = _search_settings(run_dir, settings, resume)
     if resume:
         read_manifest(settings.cache_dir)  # the saved cache may have gone since
@@ -137,7 +136,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     # Ctrl-C must not reach trials as a graceful stop (they would record an early stop and a
     # resume would skip them): let it interrupt the driver, as a kill would, and resume instead.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    # Our ProgressLines replace Ray's tables; the legacy reporter at verbose=0 prints nothing.
+    # ProgressLines print the progress; Ray's own reporter (the one RAY_AIR_NEW_OUTPUT=0 selects)
+    # prints nothing at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune's default loggers include a TensorBoardX one, whose import pulls torch into the driver
     # (~3 s between Ray up and the first trial). Trials write their own TensorBoard events
@@ -148,18 +148,18 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     t_search = time.time()  # the search starts with Ray up: the driver's own set-up counts
     if not resume:  # written once Ray is up: a cluster that cannot be joined leaves no half-made RUN
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "search.json", asdict(settings))
+        write_json(RunDir(run_dir).search, asdict(settings))
     try:
         from voxtune.parallel.trial import quiet_final_errors
 
         quiet_final_errors()
-        tuner, adopt = _tuner(settings, run_dir, resume)
+        tuner, folders = _tuner(settings, run_dir, resume)
 
-        def finish(results, interrupted: bool) -> dict[str, Any]:
-            return _finish(run_dir, settings, results, adopt, interrupted, t_search, t_command, ray_init_s, cluster)
+        def write_outputs(results, interrupted: bool) -> dict[str, Any]:
+            return _write_outputs(run_dir, settings, results, folders, interrupted, t_search, t_command, ray_init_s, cluster)
 
         def save() -> str:  # on a stop signal, before anything asks Ray, which may be stopping too
-            finish([], True)
+            write_outputs([], True)
             return resume_hint(run_dir)
 
         with interrupt_on_stop(save):
@@ -168,7 +168,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
                 interrupted = False
             except KeyboardInterrupt:
                 results, interrupted = [], True
-            summary = finish(results, interrupted)
+            summary = write_outputs(results, interrupted)
             ray.shutdown()  # within the grace period of a stop
         return summary
     finally:
@@ -177,7 +177,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
 
 def resume_hint(run_dir: str | Path) -> str:
     """What an interrupted search tells the user."""
-    return (f"search interrupted; leaderboard so far in {run_dir}/leaderboard.csv\n"
+    return (f"search interrupted; leaderboard so far in {RunDir(run_dir).leaderboard}\n"
             f"resume it with: voxtune tune --out {run_dir} --resume")
 
 
@@ -187,30 +187,31 @@ def settle_orphaned(run_dir: str | Path, command_time_s: float) -> dict[str, Any
     leaderboard and summary say so. Returns that summary with its rows, or None when RUN holds no search
     or no trial still says running (the driver wrote its outputs, or never started a trial)."""
     run_dir = Path(run_dir).resolve()
-    if not (run_dir / "search.json").exists() or not any(
-            state.read(d).get("status") == "running" for d in (run_dir / "trials").glob("*/")):
+    run = RunDir(run_dir)
+    if not run.search.exists() or not any(state.read(t.path).get("status") == "running" for t in run.trials()):
         return None
     settings = _search_settings(run_dir, None, resume=True)
     # What only the dead driver knew (when its search started, its Ray's resources) is not recorded.
-    return _finish(run_dir, settings, [], {}, True, None, time.perf_counter() - command_time_s, None, {})
+    return _write_outputs(run_dir, settings, [], {}, True, None, time.perf_counter() - command_time_s, None, {})
 
 
-def _finish(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, str], interrupted: bool,
+def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: dict[str, str], interrupted: bool,
             t_search: float | None, t_command: float, ray_init_s: float | None,
             cluster: dict[str, float]) -> dict[str, Any]:
     """Settle the trials, then write leaderboard.csv, best.json (not when interrupted) and summary.json;
     returns the summary with the leaderboard's rows. Asks Ray nothing but the best trial's test score.
     t_search None: the search's start is unknown (settle_orphaned), and so are the spans measured from it."""
     searched = list(settings.trial_space())
-    _settle(run_dir, settings, results, adopt, interrupted)
+    _settle_trials(run_dir, settings, results, folders, interrupted)
     rows = outputs.trial_rows(run_dir, searched)
-    outputs.write_leaderboard(run_dir / "leaderboard.csv", rows)
+    outputs.write_leaderboard(RunDir(run_dir).leaderboard, rows)
     finished = [r for r in rows if r["status"] in state.FINAL and r["val_dice"] != ""]
     best = _write_best(run_dir, settings, finished[0]) if finished and not interrupted else None
     ends = [r["end_ts"] for r in rows if r["end_ts"] != ""]
     first_epoch = outputs.first_epoch_start(run_dir, rows, since=t_search) if t_search is not None else None
     summary = {
         "mode": settings.mode, "workers": settings.workers, "workers_per_trial": settings.per_trial(),
+        "ddp_recipe": settings.ddp_recipe,
         "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
         "gpus_per_worker": settings.gpus_per_worker, "search": settings.search,
         "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
@@ -225,22 +226,22 @@ def _finish(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, s
         "best_trial": best["trial_id"] if best else None,
         "cluster": cluster, "code_version": code_version(), "git_commit": git_commit(),
     }
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunDir(run_dir).summary, summary)
     summary["rows"] = rows
     return summary
 
 
-def _settle(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, str], interrupted: bool) -> None:
+def _settle_trials(run_dir: Path, settings: SearchSettings, results, folders: dict[str, str], interrupted: bool) -> None:
     """Write, through voxtune.parallel.state, what no trial could write itself. `results`: Tune's
     ResultGrid (empty when interrupted). Each trial Tune ended gets Tune's verdict if its trial.json
     still says running; every other trial still running was interrupted, or lost with a search
     killed before Tune first saved it (its config was not run again)."""
     from voxtune.parallel.trial import trial_folder
 
-    trial_settings = _trial_settings(settings, run_dir, adopt)
+    plan = settings.plan(run_dir, folders, search_id="")
     ended = set()
     for result in results:
-        folder = trial_folder(trial_settings, Path(result.path).name, result.config)
+        folder = trial_folder(plan, Path(result.path).name, result.config)
         ended.add(folder.name)
         info = state.read(folder)
         if result.error is not None:  # the worker died on every attempt, or the trial never started
@@ -251,17 +252,17 @@ def _settle(run_dir: Path, settings: SearchSettings, results, adopt: dict[str, s
         elif info.get("status") == "running":
             # Tune ended it (its scheduler's stop, or the last epoch) and tore its actor down before the
             # trial's own last write: Tune's verdict stands.
-            records = read_json(folder / "metrics.json", [])
-            epochs = make_config(result.config, base=make_config(settings.base_config)).epochs
+            records = read_json(TrialDir(folder).metrics, [])
+            epochs = make_config(result.config, base=plan.config).epochs
             done = bool(records) and records[-1]["epoch"] >= epochs
-            state.end(folder, "finished" if done else "stopped", **outputs.trained(records),
-                      end_ts=(folder / "metrics.json").stat().st_mtime if records else time.time())
-    for trial_dir in sorted((run_dir / "trials").glob("*/")):
-        if trial_dir.name not in ended and state.read(trial_dir).get("status") == "running":
+            state.end(folder, "finished" if done else "stopped", **outputs.training_totals(records),
+                      end_ts=TrialDir(folder).metrics.stat().st_mtime if records else time.time())
+    for trial_dir in RunDir(run_dir).trials():
+        if trial_dir.name not in ended and state.read(trial_dir.path).get("status") == "running":
             if interrupted:
-                state.end(trial_dir, "interrupted")
+                state.end(trial_dir.path, "interrupted")
             else:
-                state.end(trial_dir, "error", reason="lost: the search was killed before Ray Tune first saved "
+                state.end(trial_dir.path, "error", reason="lost: the search was killed before Ray Tune first saved "
                                                      "it, and this config was not run again")
 
 
@@ -276,9 +277,9 @@ def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) ->
     """best.json: the best trial's config, its validation metrics, and test metrics of its best checkpoint."""
     import ray
 
-    trial_dir = run_dir / "trials" / row["trial_id"]
-    info = state.read(trial_dir)
-    checkpoint = trial_dir / "checkpoints" / "best.pt"
+    trial_dir = RunDir(run_dir).trial(row["trial_id"])
+    info = state.read(trial_dir.path)
+    checkpoint = trial_dir.best_checkpoint
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
     threads = max(1, int(settings.cpus_per_worker))
     try:
@@ -289,8 +290,9 @@ def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) ->
         raise
     best = {"trial_id": row["trial_id"], "config": make_config(info["config"],
                                                                  base=make_config(settings.base_config)).to_dict(),
-            "searched": info["config"], "checkpoint": str(checkpoint.relative_to(run_dir)),
+            "searched": info["config"], "ddp_recipe": settings.ddp_recipe, "workers_per_trial": settings.per_trial(),
+            "checkpoint": str(checkpoint.relative_to(run_dir)),
             "validation": {k: v for k, v in row.items() if k.startswith("val_dice")} | {"best_epoch": row["best_epoch"]},
             "test": test}
-    write_json(run_dir / "best.json", best)
+    write_json(RunDir(run_dir).best, best)
     return best

@@ -2,21 +2,19 @@
 
 The caller decides where this runs and with how many workers (see voxtune.parallel); the loop
 only asks torch.distributed whether a process group exists, nanoGPT-style. Rank 0 writes
-everything under `out_dir`:
+everything under `out_dir` (voxtune.layout.TrainDir): the resolved config, one metrics record per
+finished epoch, the last checkpoint (model, optimiser, scaler, epoch, RNG: the resume point), the
+best checkpoint (self-describing, for predict) and TensorBoard events.
 
-    config.yaml                 the resolved TrainConfig
-    metrics.json                one record per finished epoch
-    checkpoints/last.pt         model, optimiser, scaler, epoch, RNG: resume point
-    checkpoints/best.pt         best validation Dice, self-describing for predict
-    tb/                         TensorBoard events
-
-Re-running into an `out_dir` that holds `last.pt` resumes after its epoch.
+fit reads top to bottom: build, resume, then per epoch train, BatchNorm statistics, validate, save.
+Re-running into an `out_dir` that holds a last checkpoint resumes after its epoch.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.data.loader import CaseDataset, EpochSampler
 from voxtune.errors import VoxtuneError
 from voxtune.files import disk_full, is_disk_full, write_json
+from voxtune.layout import TrainDir
 from voxtune.machine import usable_cpus
 from voxtune.models import build_model
 from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
@@ -90,9 +89,9 @@ def loader_workers(cfg: TrainConfig, cpus: int, cuda: bool) -> int:
     return 1 if cpus >= 4 else 0
 
 
-def _check_same_run(cfg: TrainConfig, out_dir: Path) -> None:
+def _check_same_run(cfg: TrainConfig, run: TrainDir) -> None:
     """Refuse to resume a run whose saved config differs (other than a longer `epochs`)."""
-    saved_path = out_dir / "config.yaml"
+    out_dir, saved_path = run.path, run.config
     if not saved_path.exists():
         return
     saved = make_config(read_yaml(saved_path)).to_dict()
@@ -101,6 +100,36 @@ def _check_same_run(cfg: TrainConfig, out_dir: Path) -> None:
     if diff:
         raise VoxtuneError(f"{out_dir} holds a run with a different config ({', '.join(diff)}); "
                            "choose another --out or delete it")
+
+
+@dataclass
+class _Trainer:
+    """Everything one training run holds between epochs (built by _build, once per run)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    amp: tuple[bool, torch.dtype]  # (autocast on, its dtype)
+    model: torch.nn.Module  # the bare model: validation, statistics and checkpoints use it
+    net: torch.nn.Module  # what trains: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable
+    train_set: CaseDataset
+    val_set: CaseDataset  # this rank's share of the val cases
+    sampler: EpochSampler
+    loader: DataLoader
+    bn_cases: int  # statistics batches per rank before each validation (0: no BatchNorm)
+    manifest: dict[str, Any]
+    regions: list[str]
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def to_device(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, C, X, Y, Z] in the cache's dtype -> float32 on the device (converted there: half the bytes move)."""
+        image = image.to(self.device, non_blocking=True).float()
+        return image.contiguous(memory_format=torch.channels_last_3d) if self.device.type == "cuda" else image
 
 
 def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
@@ -113,20 +142,70 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     abort() is asked before every step, statistics batch and validation case; True raises Aborted.
     """
 
-    def check() -> None:
+    def stop_if_aborted() -> None:
         if abort is not None and abort():
             raise Aborted("stopped: another rank of this trial failed")
 
     rank, world = _world()
-    out_dir = Path(out_dir)
+    run = TrainDir(out_dir)
     torch.set_num_threads(max(1, threads or usable_cpus()))
+    t = _build(cfg, cache_dir, rank, world, threads)
+    records, best, best_epoch = _resume(t, run, log if rank == 0 else None)
+    writer = _open_writer(t, run) if rank == 0 else None
+    epoch = first = records[-1]["epoch"] + 1 if records else 1
+    stopped_early = False  # (a scheduler's stop before the last epoch)
+    try:
+        for epoch in range(first, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            trained = _train_epoch(t, epoch, stop_if_aborted)
+            t_bn = time.perf_counter()
+            _recompute_bn_statistics(t, stop_if_aborted)
+            bn_stats_s = time.perf_counter() - t_bn
+            record = {"epoch": epoch, "train_loss": trained.pop("train_loss"), **_validate_epoch(t, stop_if_aborted),
+                      "epoch_time_s": time.perf_counter() - t_epoch, **trained, "bn_stats_s": bn_stats_s,
+                      "end_ts": time.time(), "workers": world}
+            records.append(record)
+            stop = False
+            if rank == 0:
+                if record["val_dice"] > best:
+                    best, best_epoch = record["val_dice"], epoch
+                    save_checkpoint(run.best_checkpoint, _best_state(t.model, cfg, t.manifest, t.regions, record))
+                _save_epoch(t, run, writer, records, best, best_epoch)
+                if log:
+                    log(f"epoch {epoch}/{cfg.epochs}  train_loss {record['train_loss']:.4f}  "
+                        f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
+                        f"({record['epoch_time_s']:.1f}s)")
+                stop = report is not None and bool(report(record))
+            if _everyone_stops(stop, t.device):
+                stopped_early = epoch < cfg.epochs
+                break
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise _out_of_memory_line(cfg, run, t.device, epoch, world) from None
+    finally:
+        if writer is not None:
+            writer.close()
+    if rank == 0 and not records:
+        write_json(run.metrics, records)
+    return {"best_val_dice": max(best, -1.0), "best_epoch": best_epoch, "epochs": len(records),
+            "train_time_s": sum(r["epoch_time_s"] for r in records), "stopped_early": stopped_early,
+            "metrics": records}
+
+
+def _device(cfg: TrainConfig) -> tuple[torch.device, tuple[bool, torch.dtype]]:
+    """This worker's device and its autocast setting: on wherever CUDA is, unless the config says."""
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if cfg.amp and device.type != "cuda":
         raise VoxtuneError("config key 'amp': true needs a CUDA device and this worker has none; leave it "
                            "unset (on wherever CUDA is) or set it false")
     use_amp = device.type == "cuda" if cfg.amp is None else cfg.amp
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    return device, (use_amp, torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
 
+
+def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threads: int | None) -> _Trainer:
+    """Model, optimiser, loss and data of a run, identical on every rank but for its share of the cases."""
+    device, (use_amp, amp_dtype) = _device(cfg)
     manifest = read_manifest(cache_dir)
     regions = region_names(manifest)
     train_ids, val_ids = case_ids(manifest, "train"), case_ids(manifest, "val")
@@ -164,141 +243,130 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=2 if workers else None)
-    has_bn = bool(batchnorm_layers(model))
     # As many statistics batches on every rank (SyncBatchNorm's forward is a collective).
-    bn_cases = min(math.ceil(min(BN_STATS_CASES, len(train_set)) / world), shard.num_samples)
+    bn_cases = min(math.ceil(min(BN_STATS_CASES, len(train_set)) / world), shard.num_samples) \
+        if batchnorm_layers(model) else 0
+    return _Trainer(cfg, device, (use_amp, amp_dtype), model, net, optimizer, scaler, loss_fn, train_set, val_set,
+                    sampler, loader, bn_cases, manifest, regions)
 
-    def to_device(image: torch.Tensor) -> torch.Tensor:
-        """[B, C, X, Y, Z] in the cache's dtype -> float32 on the device (converted there: half the bytes move)."""
-        image = image.to(device, non_blocking=True).float()
-        return image.contiguous(memory_format=torch.channels_last_3d) if device.type == "cuda" else image
 
-    ckpt_dir = out_dir / "checkpoints"
-    records: list[dict[str, Any]] = []
-    start_epoch, best, best_epoch = 1, -1.0, 0
-    last = ckpt_dir / "last.pt"
-    if last.exists():
-        _check_same_run(cfg, out_dir)
-        state = load_checkpoint(last, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best_val_dice"], state["best_epoch"]
-        records = [r for r in state["metrics"] if r["epoch"] < start_epoch]
-        if log and rank == 0:
-            log(f"resuming {out_dir} after epoch {state['epoch']}")
+def _resume(t: _Trainer, run: TrainDir, log: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], float, int]:
+    """(records, best val Dice, its epoch) of the epochs a run folder's last.pt holds, its weights,
+    optimiser and RNG loaded into `t`; ([], -1, 0) for a new run."""
+    if not run.last_checkpoint.exists():
+        return [], -1.0, 0
+    _check_same_run(t.cfg, run)
+    state = load_checkpoint(run.last_checkpoint, map_location=t.device)
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if log:
+        log(f"resuming {run.path} after epoch {state['epoch']}")
+    return [r for r in state["metrics"] if r["epoch"] <= state["epoch"]], state["best_val_dice"], state["best_epoch"]
 
-    writer = None
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out_dir / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tb"))
+def _open_writer(t: _Trainer, run: TrainDir):
+    """Rank 0 writes the resolved config and opens the TensorBoard writer."""
+    from torch.utils.tensorboard import SummaryWriter
 
-    stopped_early = False
-    epoch = start_epoch
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_config(t.cfg, run.config)
+    return SummaryWriter(str(run.tensorboard))
+
+
+def _train_epoch(t: _Trainer, epoch: int, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
+    """One pass over this rank's shard: train_loss (averaged over every rank's samples), train_s,
+    train_samples, data_wait_s. A NaN or infinite loss raises TrainingDiverged on every rank at once
+    (the sum is all-reduced)."""
+    t_start = time.perf_counter()
+    use_amp, amp_dtype = t.amp
+    t.net.train()
+    t.sampler.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=t.device, dtype=torch.float64)
+    seen, wait = 0, 0.0
+    t_wait = time.perf_counter()
+    for image, label in t.loader:
+        wait += time.perf_counter() - t_wait
+        stop_if_aborted()
+        image, label = t.to_device(image), label.to(t.device, non_blocking=True).float()
+        with torch.autocast(t.device.type, dtype=amp_dtype, enabled=use_amp):
+            loss = t.loss_fn(t.net(image), label)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        loss_sum += loss.detach().double() * image.shape[0]
+        seen += image.shape[0]
+        t_wait = time.perf_counter()
+    train_loss_sum, train_seen = _all_sum([loss_sum.item(), seen], t.device)
+    train_loss = train_loss_sum / max(train_seen, 1)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} "
+                               f"(lr={t.lr}); lower lr or enable a different norm")
+    return {"train_loss": train_loss, "train_s": time.perf_counter() - t_start, "train_samples": int(train_seen),
+            "data_wait_s": wait}
+
+
+def _recompute_bn_statistics(t: _Trainer, stop_if_aborted: Callable[[], None]) -> None:
+    """BatchNorm running statistics of these weights, not momentum averages over past ones
+    (voxtune.train.batchnorm), from this epoch's shuffled shard of this rank."""
+    if not t.bn_cases:
+        return
+    use_amp, amp_dtype = t.amp
+    batches = DataLoader(t.train_set, batch_size=t.cfg.batch_size, sampler=list(t.sampler)[:t.bn_cases])
+    with torch.autocast(t.device.type, dtype=amp_dtype, enabled=use_amp):
+        recompute_bn_stats(t.model, (stop_if_aborted() or t.to_device(image) for image, _ in batches))
+
+
+def _validate_epoch(t: _Trainer, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
+    """val_loss, val_dice (mean over regions) and val_dice_<region>, over every rank's val cases."""
+    use_amp, amp_dtype = t.amp
+    val = _validate(t.model, t.val_set, t.loss_fn, t.cfg, t.device, use_amp, amp_dtype, len(t.regions), stop_if_aborted)
+    val_loss_sum, n_val, *dice_sums = _all_sum(val, t.device)
+    dice = [d / max(n_val, 1) for d in dice_sums]
+    return {"val_loss": val_loss_sum / max(n_val, 1), "val_dice": sum(dice) / len(dice),
+            **{f"val_dice_{name}": d for name, d in zip(t.regions, dice)}}
+
+
+def _save_epoch(t: _Trainer, run: TrainDir, writer, records: list[dict[str, Any]], best: float,
+                best_epoch: int) -> None:
+    """Rank 0, after every epoch: last.pt (the resume point), metrics.json and TensorBoard scalars."""
+    record = records[-1]
+    save_checkpoint(run.last_checkpoint, {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                                          "scaler": t.scaler.state_dict(), "epoch": record["epoch"],
+                                          "best_val_dice": best, "best_epoch": best_epoch,
+                                          "torch_rng": torch.get_rng_state(), "metrics": records})
+    write_json(run.metrics, records)
+    for key, value in record.items():
+        if key not in ("epoch", "workers", "end_ts"):
+            writer.add_scalar(key, value, record["epoch"])
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            t_epoch = time.perf_counter()
-            net.train()
-            sampler.set_epoch(epoch)
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            seen, wait = 0, 0.0
-            t_wait = time.perf_counter()
-            for image, label in loader:
-                wait += time.perf_counter() - t_wait
-                check()
-                image, label = to_device(image), label.to(device, non_blocking=True).float()
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss = loss_fn(net(image), label)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach().double() * image.shape[0]
-                seen += image.shape[0]
-                t_wait = time.perf_counter()
-            train_loss_sum, train_seen = _all_sum([loss_sum.item(), seen], device)
-            train_s = time.perf_counter() - t_epoch
-            train_loss = train_loss_sum / max(train_seen, 1)
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} "
-                                       f"(lr={lr}); lower lr or enable a different norm")
+        writer.flush()
+    except OSError as exc:  # TensorBoard writes from its own thread and re-raises here
+        if is_disk_full(exc):
+            raise disk_full(run.tensorboard) from None
+        raise
 
-            t_bn = time.perf_counter()
-            if has_bn:  # statistics of these weights, not momentum averages over past ones
-                keys = list(sampler)[:bn_cases]  # this epoch's shuffled shard of this rank
-                batches = DataLoader(train_set, batch_size=cfg.batch_size, sampler=keys)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    recompute_bn_stats(model, (check() or to_device(image) for image, _ in batches))
-            bn_stats_s = time.perf_counter() - t_bn
 
-            val = _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, len(regions), check)
-            val_loss_sum, n_val, *dice_sums = _all_sum(val, device)
-            dice = [d / max(n_val, 1) for d in dice_sums]
-            epoch_time = time.perf_counter() - t_epoch
-            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss_sum / max(n_val, 1),
-                      "val_dice": sum(dice) / len(dice),
-                      **{f"val_dice_{name}": d for name, d in zip(regions, dice)},
-                      "epoch_time_s": epoch_time, "train_s": train_s, "train_samples": int(train_seen),
-                      "data_wait_s": wait, "bn_stats_s": bn_stats_s, "end_ts": time.time(),
-                      "workers": world}
-            records.append(record)
+def _everyone_stops(stop: bool, device: torch.device) -> bool:
+    """Rank 0's stop decision (a scheduler's early stop), followed by every rank."""
+    if _world()[1] == 1:
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
-            stop = False
-            if rank == 0:
-                if record["val_dice"] > best:
-                    best, best_epoch = record["val_dice"], epoch
-                    save_checkpoint(ckpt_dir / "best.pt", _best_state(model, cfg, manifest, regions, record))
-                save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scaler": scaler.state_dict(), "epoch": epoch, "best_val_dice": best,
-                                       "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
-                                       "metrics": records})
-                write_json(out_dir / "metrics.json", records)
-                for key, value in record.items():
-                    if key not in ("epoch", "workers", "end_ts"):
-                        writer.add_scalar(key, value, epoch)
-                try:
-                    writer.flush()
-                except OSError as exc:  # TensorBoard writes from its own thread and re-raises here
-                    if is_disk_full(exc):
-                        raise disk_full(out_dir / "tb") from None
-                    raise
-                if log:
-                    log(f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  "
-                        f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
-                        f"({epoch_time:.1f}s)")
-                if report is not None:
-                    stop = bool(report(record))
-            if world > 1:  # every rank follows rank 0's stop decision
-                flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                dist.broadcast(flag, src=0)
-                stop = bool(flag.item())
-            if stop:
-                stopped_early = epoch < cfg.epochs
-                break
-    except (RuntimeError, MemoryError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        patch = "the whole volume" if cfg.patch_size is None else f"patch_size {list(cfg.patch_size)}"
-        raise OutOfMemory(f"{out_dir.name}: out of memory on {device} in epoch {epoch} at batch_size {cfg.batch_size} "
-                          f"over {world} rank(s), {patch}; lower batch_size, train on patches (--set "
-                          "patch_size=[96,96,96]) or give each worker more memory") from None
-    finally:
-        if writer is not None:
-            writer.close()
-    best = max(best, -1.0)
-    if rank == 0 and not records:
-        write_json(out_dir / "metrics.json", records)
-    train_time = sum(r["epoch_time_s"] for r in records)
-    return {"best_val_dice": best, "best_epoch": best_epoch, "epochs": len(records), "train_time_s": train_time,
-            "stopped_early": stopped_early, "metrics": records}
+
+def _out_of_memory_line(cfg: TrainConfig, run: TrainDir, device: torch.device, epoch: int, world: int) -> OutOfMemory:
+    patch = "the whole volume" if cfg.patch_size is None else f"patch_size {list(cfg.patch_size)}"
+    return OutOfMemory(f"{run.name}: out of memory on {device} in epoch {epoch} at batch_size {cfg.batch_size} "
+                       f"over {world} rank(s), {patch}; lower batch_size, train on patches (--set "
+                       "patch_size=[96,96,96]) or give each worker more memory")
 
 
 @torch.no_grad()
-def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_regions, check=lambda: None) -> list[float]:
+def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_regions, stop_if_aborted=lambda: None) -> list[float]:
     """[val_loss_sum, n_cases, dice_sum_region_0, ...] over this rank's share of the val cases.
 
     Runs on the bare model, never the DDP wrapper: ranks hold different numbers of val cases
@@ -307,7 +375,7 @@ def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_region
     model.eval()
     loss_sum, n, dice_sum = 0.0, 0, torch.zeros(n_regions, dtype=torch.float64)
     for i in range(len(val_set)):
-        check()
+        stop_if_aborted()
         image, label = val_set[i]
         image, label = image[None].to(device).float(), label[None].to(device).float()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
