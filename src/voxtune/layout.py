@@ -21,13 +21,16 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
-class TrainDir:
-    """One training run's folder; a search's trial is one too (TrialDir)."""
-
+class _Folder:
     path: Path
 
     def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", Path(self.path))  # a str is welcome too
+
+
+@dataclass(frozen=True)
+class TrainDir(_Folder):
+    """One training run's folder; a search's trial is one too (TrialDir)."""
 
     @property
     def name(self) -> str:
@@ -72,13 +75,8 @@ class TrialDir(TrainDir):
 
 
 @dataclass(frozen=True)
-class RunDir:
+class RunDir(_Folder):
     """A search's folder."""
-
-    path: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def search(self) -> Path:
@@ -118,13 +116,8 @@ class RunDir:
 
 
 @dataclass(frozen=True)
-class BenchDir:
+class BenchDir(_Folder):
     """A bench's folder: its tables and one RunDir per search."""
-
-    path: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def bench_json(self) -> Path:

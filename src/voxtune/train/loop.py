@@ -32,6 +32,7 @@ from voxtune.files import disk_full, is_disk_full, write_json
 from voxtune.layout import TrainDir
 from voxtune.machine import usable_cpus
 from voxtune.models import build_model
+from voxtune.train import syncbn
 from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
 from voxtune.train.checkpoint import load_checkpoint, save_checkpoint
 from voxtune.train.metrics import dice_per_region, infer, soft_dice_per_region
@@ -215,12 +216,13 @@ def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threa
     in_channels = manifest["cases"][0]["image_shape"][0]
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg, in_channels, len(regions)).to(device)
-    if world > 1 and dist.get_backend() == "nccl":
-        # Batch statistics over the global batch, as one worker would see it. gloo (CPU, or ranks
-        # packed on one GPU) has no SyncBatchNorm: there each rank normalises its own batch, and the
-        # running statistics used for validation and checkpoints are reduced over ranks instead.
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = build_model(cfg, in_channels, len(regions))
+    if world > 1:
+        # BatchNorm over the global batch, as one worker would see it: torch's SyncBatchNorm where it
+        # runs (NCCL), voxtune's on gloo (CPU, or ranks packed on one GPU), which torch's refuses.
+        nccl = dist.get_backend() == "nccl"
+        model = (torch.nn.SyncBatchNorm if nccl else syncbn).convert_sync_batchnorm(model)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

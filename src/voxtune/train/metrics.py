@@ -33,6 +33,7 @@ def dice_per_region(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 def soft_dice_per_region(logits: torch.Tensor, label: torch.Tensor, smooth: float = 0.01) -> torch.Tensor:
     """Soft Dice [B, R] of the probabilities sigmoid(logits) against a binary label [B, R, X, Y, Z]:
-    (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth), the metric of Berral et al. 2022."""
+    (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth), per case. Berral et al.'s code takes the same
+    formula once over the whole batch (README: differences from the paper)."""
     p, y = torch.sigmoid(logits.float()).flatten(2), label.float().flatten(2)
     return (2 * (p * y).sum(-1) + smooth) / (p.sum(-1) + y.sum(-1) + smooth)
