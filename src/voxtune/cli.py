@@ -261,7 +261,8 @@ def _training_verbs(sub) -> None:
     _config_flags(p, epochs=4)
     p.add_argument("--repeats", type=int, default=1, help="runs per point; tables give median, min and max")
     p.add_argument("--target-dice", type=float,
-                   help="time-to-target Dice (default: 0.95 x the best val Dice any run reached)")
+                   help="time-to-target Dice (default: the median of every trial's best val Dice over all runs, "
+                        "so that at least half the trials reach it)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plan", help="predict the makespan of every mode and split; recommend one")

@@ -38,7 +38,7 @@ from voxtune.parallel import state
 from voxtune.parallel.modes import HYBRID_K, MODES, RECIPES, recipe_config
 from voxtune.provenance import code_version, git_commit
 
-TARGET_SHARE = 0.95  # default --target-dice: this share of the best val Dice any run reached
+TARGET_RULE = "the median of every trial's best val Dice over all runs"  # default --target-dice
 
 
 def bench_space(space: dict[str, Any], trials: int) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
@@ -145,7 +145,8 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
         "best_val_dice": max((e["val_dice"] for e in epochs), default=None),
         "test_dice": (best.get("test") or {}).get("test_dice"),
         # (seconds since the search's start, val Dice) of every epoch: time to a target is read off these.
-        "curve": sorted((e["end_ts"] - summary["search_start_ts"], e["val_dice"]) for e in epochs),
+        "curve": (curve := sorted((e["end_ts"] - summary["search_start_ts"], e["val_dice"]) for e in epochs)),
+        "anytime": anytime(curve),
     }
 
 
@@ -158,6 +159,35 @@ def _later_outside(rows: list[dict[str, Any]], slots: int) -> float | None:
         for r in rows if "" not in (r.get("start_ts", ""), r.get("end_ts", ""), r.get("train_time_s", "")))]
     later = sorted(outside[slots:])
     return later[len(later) // 2] if later else None
+
+
+def anytime(curve: list[list[float]]) -> list[list[float]]:
+    """The anytime curve of a search: [seconds, best val Dice so far] at each epoch that raised it."""
+    out: list[list[float]] = []
+    for t, dice in curve:
+        if not out or dice > out[-1][1]:
+            out.append([t, dice])
+    return out
+
+
+def default_target(points: dict[Any, list[dict[str, Any]]]) -> float:
+    """The time-to-target Dice: the median of every trial's best val Dice over every run, so that at least
+    half the trials reach it and no single trial's order in the queue decides when it is first met."""
+    bests = sorted(d for reps in points.values() for r in reps for d in r["val_dice"].values() if d is not None)
+    return bests[(len(bests) - 1) // 2] if bests else 0.0
+
+
+def repeat_seed(base_seed: int, repeat: int) -> int:
+    """Repeat r (from 1) of every point trains with this seed: repeats differ, points of one repeat pair up."""
+    return base_seed + repeat - 1
+
+
+def shuffled_space(space: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The same grid with each key's values in a seeded order, so each repeat queues the trials differently."""
+    import random
+
+    rng = random.Random(seed)
+    return {k: {"grid": rng.sample(v["grid"], len(v["grid"]))} if isinstance(v, dict) else v for k, v in space.items()}
 
 
 def time_to_target(curve: list[list[float]], target: float) -> float | None:
@@ -219,11 +249,12 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
     total = len(runs) * repeats
     for i, ((mode, w, k, recipe), rep) in enumerate(itertools.product(runs, range(1, repeats + 1)), start=1):
         name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
-        settings = SearchSettings(cache_dir=str(Path(cache).resolve()), mode=mode, space=space, search="grid",
-                                  num_samples=grid_repeats, scheduler="fifo", workers=w,
+        seed = repeat_seed(base.seed, rep)
+        settings = SearchSettings(cache_dir=str(Path(cache).resolve()), mode=mode, space=shuffled_space(space, seed),
+                                  search="grid", num_samples=grid_repeats, scheduler="fifo", workers=w,
                                   workers_per_trial=k if mode == "hybrid" else None,
                                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                  base_config=base.to_dict(), ddp_recipe=recipe if k > 1 else None)
+                                  base_config={**base.to_dict(), "seed": seed}, ddp_recipe=recipe if k > 1 else None)
         load = _load()
         print(f"[bench {i}/{total}] {name}: {trials} trials, {w // k} at once x {k} worker(s), "
               f"{base.epochs} epochs ... (load {load})", flush=True)
@@ -238,7 +269,7 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
                   f"{'; '.join(reasons) or 'see its leaderboard'}; going on with the next run", flush=True)
             continue
         row = {**measure_run(layout.run(name).path, summary, summary["rows"]), "run": run, "how": how,
-               "load_before": load}
+               "seed": seed, "load_before": load}
         points.setdefault((mode, w, recipe), []).append(row)
         print(f"[bench {i}/{total}] {name}: {how}, wall {row['wall_s']:.1f}s, {row['per_epoch_s']:.2f}s/epoch, "
               f"best val Dice {row['best_val_dice'] or 0:.3f}, status {row['status']}", flush=True)
@@ -288,8 +319,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         raise VoxtuneError(f"every 1-worker run failed, and every speed-up is measured against it: "
                            f"{'; '.join(sorted({x for f in failed for x in f['reasons']})) or 'see its leaderboard'} "
                            f"(in {layout.bench_json})")
-    reached = [r["best_val_dice"] for reps in points.values() for r in reps if r["best_val_dice"] is not None]
-    target = target_dice if target_dice is not None else TARGET_SHARE * max(reached, default=0.0)
+    target = target_dice if target_dice is not None else default_target(points)
     rows = _rows(points, modes, target)
     in_channels = manifest["cases"][0]["image_shape"][0]
     params = _param_count(base, in_channels, len(region_names(manifest)))
@@ -303,7 +333,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
             "modes": list(modes), "ddp_recipes": recipes, "hybrid_workers_per_trial": HYBRID_K if workers_per_trial is None
             else workers_per_trial, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
             "address": address, "base_config": base.to_dict(), "target_dice": target,
-            "target_dice_rule": "given" if target_dice is not None else f"{TARGET_SHARE:g} x best val Dice reached",
+            "target_dice_rule": "given" if target_dice is not None else TARGET_RULE,
             "train_cases": len(case_ids(manifest, "train")), "val_cases": len(case_ids(manifest, "val")),
             "batch_size": base.batch_size, "image_shape": manifest["cases"][0]["image_shape"],
             "model_params": params, "param_bytes": params * 4,
