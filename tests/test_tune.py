@@ -313,12 +313,16 @@ def test_modes_own_their_rules_and_tune_trains_the_global_batch_by_default(capsy
     assert settings(mode="data", ddp_recipe="scale-lr").checked().trial_config().scale_lr is True
     assert settings(mode="data", base_config={"scale_lr": True}).checked().ddp_recipe == "scale-lr"  # as configured
     assert settings(mode="experiment").checked().ddp_recipe is None
+    assert settings(mode="data", base_config={"loss": "batch_dice", "scale_lr": True}).checked()  # the paper's
     assert [modes.mode_of(4, k) for k in (1, 2, 4)] == ["experiment", "hybrid", "data"]
     for bad, message in ((settings(mode="experiment", ddp_recipe="global-batch"), "no DDP ranks"),
                          (settings(mode="data", ddp_recipe="global-batch", base_config={"scale_lr": True}),
                           "is the scale-lr recipe"),
                          (settings(mode="data", base_config={"batch_size": 3}), "batch_size 3 over 2 ranks"),
-                         (settings(mode="data", ddp_recipe="half"), "choose from global-batch, scale-lr, per-rank")):
+                         (settings(mode="data", ddp_recipe="half"), "choose from global-batch, scale-lr, per-rank"),
+                         (settings(mode="data", base_config={"loss": "batch_dice"}), "not the global batch's"),
+                         (SearchSettings(cache_dir=".", space={"loss": {"grid": ["dice", "batch_dice"]}}, workers=2,
+                                         mode="data"), "loss batch_dice under --ddp-recipe global-batch")):
         with pytest.raises(VoxtuneError, match=message):
             bad.checked()
     with pytest.raises(SystemExit):  # argparse refuses a recipe it does not know, with its own one line

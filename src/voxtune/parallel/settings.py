@@ -86,6 +86,12 @@ class SearchSettings:
                                "drop one of them")
         if recipe is None and k > 1:
             recipe = "scale-lr" if base.scale_lr else modes.DEFAULT_RECIPE
+        losses = self.space.get("loss", base.loss)
+        losses = next(iter(losses.values())) if isinstance(losses, dict) else [losses]
+        if recipe == "global-batch" and "batch_dice" in losses:
+            raise VoxtuneError("loss batch_dice under --ddp-recipe global-batch: each rank would take one Dice over "
+                               "its own part of the batch, not the global batch's, so the trial would not train the "
+                               "1-worker problem; use loss dice (per case) or --ddp-recipe scale-lr (the paper's)")
         checked = replace(self, workers_per_trial=k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()))
         checked.trial_config()  # a batch the recipe cannot split is refused before anything runs
         return checked
