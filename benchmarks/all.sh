@@ -28,5 +28,6 @@ run prior_bias bash benchmarks/prior_bias.sh "$WORK/prior-bias"
 run train_overhead bash benchmarks/train_overhead.sh "$WORK/train-overhead"
 run ray_train_startup "$PY" benchmarks/ray_train_startup.py
 run cpu_batch "$PY" benchmarks/cpu_batch.py
+run precise_bn bash benchmarks/precise_bn.sh "$WORK/precise-bn"
 run same_problem bash benchmarks/same_problem.sh "$WORK/same-problem"
 run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"

@@ -143,3 +143,19 @@ def test_ddp_ranks_validate_and_save_the_same_statistics(cache_dir, tmp_path):
     for a, b in zip(v0[-1], saved_stats, strict=True):
         assert torch.equal(a, b)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]["workers"] == 2
+
+
+@pytest.mark.parametrize("precise_bn, passes", [(True, 2), (False, 0)])
+def test_precise_bn_is_a_config_key_and_off_means_momentum_statistics(precise_bn, passes, cache_dir, tmp_path,
+                                                                      monkeypatch):
+    """precise_bn: false validates with the running statistics training accumulated (PyTorch's momentum
+    average), the ablation's other arm; true recomputes them before every validation."""
+    from voxtune.config import make_config
+    from voxtune.train import loop
+
+    calls = []
+    real = loop.recompute_bn_stats
+    monkeypatch.setattr(loop, "recompute_bn_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    summary = loop.fit(make_config({"epochs": 2, "precise_bn": precise_bn}), cache_dir, tmp_path / "run", threads=1)
+    assert len(calls) == passes and summary["epochs"] == 2
+    assert all((r["bn_stats_s"] > 1e-3) == precise_bn for r in summary["metrics"])  # (a skipped pass: ~1 us)

@@ -42,6 +42,7 @@ class TrainConfig:
     augment: bool = True  # random flips of the three spatial axes (the paper: none)
     foreground_prior: float = 0.01  # the head's initial P(tumour); 0.5 = zero bias, as the paper
     val_metric: str = "hard_dice"  # hard_dice: thresholded, per case; soft_dice: on probabilities (the paper)
+    precise_bn: bool = True  # recompute BatchNorm statistics with the current weights before each validation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

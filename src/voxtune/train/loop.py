@@ -119,7 +119,7 @@ class _Trainer:
     val_set: CaseDataset  # this rank's share of the val cases
     sampler: EpochSampler
     loader: DataLoader
-    bn_cases: int  # statistics batches per rank before each validation (0: no BatchNorm)
+    bn_cases: int  # statistics batches per rank before each validation (0: no BatchNorm, or precise_bn off)
     manifest: dict[str, Any]
     regions: list[str]
 
@@ -247,7 +247,7 @@ def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threa
                         prefetch_factor=2 if workers else None)
     # As many statistics batches on every rank (SyncBatchNorm's forward is a collective).
     bn_cases = min(math.ceil(min(BN_STATS_CASES, len(train_set)) / world), shard.num_samples) \
-        if batchnorm_layers(model) else 0
+        if cfg.precise_bn and batchnorm_layers(model) else 0
     return _Trainer(cfg, device, (use_amp, amp_dtype), model, net, optimizer, scaler, loss_fn, train_set, val_set,
                     sampler, loader, bn_cases, manifest, regions)
 
