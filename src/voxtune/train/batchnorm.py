@@ -3,11 +3,10 @@
 Training normalises each batch with its own statistics; evaluation uses running averages that
 momentum (0.1) accumulates over past batches, computed with past weights. With a handful of
 optimiser steps per epoch (3D volumes, batch 2) those averages lag the weights, and a net trained
-with a Dice loss, whose logits sit close to the threshold, turns whole volumes to background
-(measured on the 12-case 48^3 phantom set: val Dice 0.04 with the saved statistics, 0.89 with
-statistics recomputed for the same weights). So the training loop recomputes them with the current
-weights before every validation and checkpoint ("precise BN", Wu & Johnson 2021, *Rethinking
-"Batch" in BatchNorm*, section 3).
+with a Dice loss, whose logits sit close to the threshold, can turn whole volumes to background. So
+the training loop recomputes them with the current weights before every validation and checkpoint
+("precise BN", Wu & Johnson 2021, *Rethinking "Batch" in BatchNorm*, section 3), unless the config
+says precise_bn: false; benchmarks/precise_bn.sh measures the difference (the README's table).
 """
 from __future__ import annotations
 
