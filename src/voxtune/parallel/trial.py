@@ -32,6 +32,7 @@ from voxtune.parallel import outputs, state
 from voxtune.parallel.ddp import WorkerGroup
 from voxtune.parallel.settings import TrialPlan
 
+
 class TrialFailed(VoxtuneError):
     """A trial's own error, final for this run of the search: raised to Tune so that Tune records the
     trial as failed (the searcher, Optuna included, marks it failed; ASHA drops it from its brackets)
