@@ -146,7 +146,7 @@ def main() -> None:
             result["net"].append({"sample": name, "amp": amp, "samples_per_s": rate})
             log(f"network {name}, AMP {'on' if amp else 'off'}: {rate:.2f} samples/s")
     for trials in (1, 2, 4):
-        rate = packed_rate(cache, work, trials, patch, 2 if args.smoke else 3, amp=True)
+        rate = packed_rate(cache, work, trials, patch, 2 if args.smoke else 3, amp=cuda)  # (true without CUDA is refused)
         result["packed"].append({"trials": trials, "gpus_per_trial": 1 / trials, "samples_per_s": rate})
         log(f"{trials} trial(s) packed on the GPU: {rate:.2f} training samples/s in total")
     (work / "gpu.json").write_text(json.dumps(result, indent=1))
