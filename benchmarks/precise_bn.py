@@ -8,15 +8,13 @@ shows them. Writes WORK/precise_bn.json and prints the tables.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SETTLED = 10  # drops are counted from this epoch on: early epochs of any run swing
+from quality import SETTLED, arguments, summarise  # benchmarks/quality.py, beside this script
 
 
 def run(voxtune: str, cache: Path, out: Path, lr: float, seed: int, precise: bool, epochs: int) -> dict:
@@ -24,20 +22,11 @@ def run(voxtune: str, cache: Path, out: Path, lr: float, seed: int, precise: boo
            "--set", f"lr={lr}", "--set", f"seed={seed}", "--set", f"precise_bn={'true' if precise else 'false'}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     dice = [r["val_dice"] for r in json.loads((out / "metrics.json").read_text())]
-    drops = [a - b for a, b in zip(dice[SETTLED - 1:], dice[SETTLED:])]
-    return {"val_dice": dice, "best": max(dice), "last": dice[-1], "max_drop_after_10": max(drops, default=0.0)}
+    return {"val_dice": dice, **summarise(dice)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("cache", type=Path)
-    ap.add_argument("work", type=Path)
-    ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--voxtune", default=str(HERE.parent / ".venv" / "bin" / "voxtune"))
-    args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+    args = arguments()
     runs, t0 = [], time.perf_counter()
     jobs = [(lr, seed, precise) for lr in args.lrs for seed in args.seeds for precise in (True, False)]
     for i, (lr, seed, precise) in enumerate(jobs, 1):

@@ -80,7 +80,8 @@ def markdown(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """CACHE WORK [--epochs] [--lrs] [--seeds] [--voxtune], with WORK made (quality.py and precise_bn.py)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("cache", type=Path)
     ap.add_argument("work", type=Path)
@@ -90,6 +91,11 @@ def main() -> None:
     ap.add_argument("--voxtune", default=str(HERE.parent / ".venv" / "bin" / "voxtune"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main() -> None:
+    args = arguments()
     jobs = [(lr, norm, seed) for lr in args.lrs for norm in ("bn", "gn", "plain bn") for seed in args.seeds]
     runs = []
     t0 = time.perf_counter()
