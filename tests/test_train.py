@@ -159,9 +159,25 @@ def test_overrides_are_typed_per_key():
     assert make_config(parse_overrides(["num_workers=2"])).num_workers == 2
 
 
-def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path):
+def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path, monkeypatch):
+    seen = {"train": [], "infer": []}
+    real_infer, real_forward = loop.infer, loop._Trainer.to_device
+
+    def spy_infer(model, image, patch_size, *args, **kwargs):
+        seen["infer"].append((tuple(image.shape[2:]), patch_size))
+        return real_infer(model, image, patch_size, *args, **kwargs)
+
+    def spy_to_device(self, image):
+        seen["train"].append(tuple(image.shape[2:]))
+        return real_forward(self, image)
+
+    monkeypatch.setattr(loop, "infer", spy_infer)
+    monkeypatch.setattr(loop._Trainer, "to_device", spy_to_device)
     summary = loop.fit(make_config({"epochs": 1, "patch_size": [16, 16, 16]}), cache_dir, tmp_path / "run", threads=1)
     assert 0.0 <= summary["best_val_dice"] <= 1.0
+    assert seen["train"] and set(seen["train"]) == {(16, 16, 16)}  # training takes patches (the BN pass too)
+    # validation sees whole volumes (larger than a patch), through 16^3 windows
+    assert seen["infer"] and all(max(shape) > 16 and patch == [16, 16, 16] for shape, patch in seen["infer"])
 
 
 @pytest.mark.parametrize("model", ["segresnet", "dynunet"])

@@ -67,6 +67,7 @@ def test_each_mode_writes_the_same_outputs(mode, cache_dir, tmp_path):
         assert float(row["train_time_s"]) > 0 and row["node"]
         records = json.loads((run / "trials" / row["trial_id"] / "metrics.json").read_text())
         assert [r["epoch"] for r in records] == [1, 2]
+        assert float(row["val_dice"]) == pytest.approx(max(r["val_dice"] for r in records))  # the trial's best
         assert {"train_loss", "val_loss", "val_dice", "val_dice_whole_tumour"} <= set(records[0])
         assert (run / "trials" / row["trial_id"] / "checkpoints" / "best.pt").exists()
     assert float(rows[0]["val_dice"]) == max(float(r["val_dice"]) for r in rows)
@@ -74,6 +75,10 @@ def test_each_mode_writes_the_same_outputs(mode, cache_dir, tmp_path):
     best = json.loads((run / "best.json").read_text())
     assert best["trial_id"] == rows[0]["trial_id"]
     assert best["test"]["test_cases"] == 1 and 0.0 <= best["test"]["test_dice"] <= 1.0
+    from voxtune.train.evaluate import evaluate  # the test score is the best checkpoint's, scored once more here
+
+    assert evaluate(run / best["checkpoint"], cache_dir, "test", 1)["test_dice"] == pytest.approx(
+        best["test"]["test_dice"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["mode"] == mode and summary["workers_per_trial"] == per_trial
     assert summary["concurrent_trials"] == summary["workers"] // per_trial
