@@ -197,9 +197,33 @@ def test_the_papers_recipe_as_a_preset(cache_dir, tmp_path):
     run = tmp_path / "run"
     assert _train(cache_dir, run, "--config", "paper", "--epochs", "1") == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["augment"] is False and saved["val_metric"] == "soft_dice"
-    head = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]["head.bias"]
-    assert head.shape == (1,)
+    assert saved["augment"] is False and saved["val_metric"] == "soft_dice" and saved["unet_style"] == "paper"
+    weights = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert weights["head.weight"].shape[2:] == (3, 3, 3)  # the paper's net was trained, not voxtune's
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_the_papers_net_as_its_code_builds_it(kernel):
+    """unet_style paper (DistMIS model.py): k^3 transposed convolutions and head, every convolution with a
+    bias, kernels TruncatedNormal(0.05) cut at 2 sigma, zero biases; the default keeps 2^3 up, a 1^3 head
+    and no bias under a norm. Either way the output keeps the input's size."""
+    from voxtune.models import build_model
+
+    paper = build_model(make_config({"unet_style": "paper", "kernel_size": kernel, "foreground_prior": 0.5}), 4, 1)
+    ours = build_model(make_config({"kernel_size": kernel}), 4, 1)
+    assert [u.kernel_size for u in paper.upsample] == [(kernel,) * 3] * 3
+    assert [u.kernel_size for u in ours.upsample] == [(2,) * 3] * 3
+    assert paper.head.kernel_size == (kernel,) * 3 and ours.head.kernel_size == (1,) * 3
+    convs = [m for m in paper.modules() if type(m) is torch.nn.Conv3d]
+    assert len(convs) == 15 and all(c.bias is not None and not c.bias.any() for c in convs)
+    assert all(c.bias is None for m in ours.modules() if type(m) is torch.nn.Conv3d and m is not ours.head
+               for c in [m])
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert weights.abs().max() <= 0.1 and 0.04 < weights.std() < 0.048  # truncated at 2 sigma: 0.88 x 0.05
+    x = torch.randn(2, 4, 16, 24, 32)
+    assert paper(x).shape == ours(x).shape == (2, 1, 16, 24, 32)
+    with pytest.raises(VoxtuneError, match="config key 'unet_style': 'paper': segresnet is not unet3d"):
+        make_config({"model": "segresnet", "norm": "gn", "unet_style": "paper"})
 
 
 def test_soft_validation_dice_is_the_papers_formula():

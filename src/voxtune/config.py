@@ -17,6 +17,7 @@ from voxtune.models import NETWORKS
 NORMS = ("bn", "gn", "in", "none")
 LOSSES = ("dice", "dicece", "batch_dice")
 VAL_METRICS = ("hard_dice", "soft_dice")
+UNET_STYLES = ("voxtune", "paper")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TrainConfig:
     foreground_prior: float = 0.01  # the head's initial P(tumour); 0.5 = zero bias, as the paper
     val_metric: str = "hard_dice"  # hard_dice: thresholded, per case; soft_dice: on probabilities (the paper)
     precise_bn: bool = True  # recompute BatchNorm statistics with the current weights before each validation
+    unet_style: str = "voxtune"  # unet3d only; paper: 3^3 up-convolutions and head, conv bias, the paper's init
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +56,7 @@ KEYS = tuple(f.name for f in fields(TrainConfig))
 # from voxtune's defaults. Pair it with a cache made by `voxtune prepare --normalise volume`.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 20, "augment": False, "scale_lr": True, "foreground_prior": 0.5,
-              "loss": "batch_dice", "val_metric": "soft_dice", "patch_size": None},
+              "loss": "batch_dice", "val_metric": "soft_dice", "patch_size": None, "unet_style": "paper"},
 }
 
 
@@ -113,7 +115,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check("loss", cfg.loss in LOSSES, f"'{cfg.loss}' is not one of {', '.join(LOSSES)}")
     _check("val_metric", cfg.val_metric in VAL_METRICS, f"'{cfg.val_metric}' is not one of {', '.join(VAL_METRICS)}")
     _check("foreground_prior", 0 < cfg.foreground_prior < 1, f"{cfg.foreground_prior} must be in (0, 1)")
+    _check("unet_style", cfg.unet_style in UNET_STYLES, f"'{cfg.unet_style}' is not one of {', '.join(UNET_STYLES)}")
     # Options a network would ignore or silently replace are refused, never relabelled.
+    if cfg.model != "unet3d":
+        _check("unet_style", cfg.unet_style == "voxtune", f"'{cfg.unet_style}': {cfg.model} is not unet3d")
     if cfg.model == "segresnet":
         _check("kernel_size", cfg.kernel_size == 3, f"{cfg.kernel_size}: SegResNet has 3x3x3 kernels only")
     if cfg.model != "unet3d":

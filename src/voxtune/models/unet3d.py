@@ -4,6 +4,12 @@
 max-pool 2 down; transposed conv (stride 2) up; skip connections by concatenation. Filters double
 per level from `filter_start`. The head is a 1^3 conv to one logit per label channel: the sigmoid
 lives in the loss and the metric, which is numerically safer than a sigmoid layer in the net.
+
+style "paper" is the authors' net where it is a design (github.com/oriolaranda/DistMIS, model.py):
+k^3 transposed convolutions (`up_block`, Keras default init: Glorot uniform, zero bias), a k^3 head,
+convolutions with a bias, kernels TruncatedNormal(stddev 0.05) cut at 2 sigma and zero biases
+(`conv_block`, `model_unet_tune`). Its normalisation over the last axis (the slices of a
+channels-first tensor) is a bug and is not reproduced; its sigmoid stays in the loss, as above.
 """
 from __future__ import annotations
 
@@ -39,38 +45,54 @@ def foreground_prior_bias(head: nn.Conv3d, prior: float = 0.01) -> None:
     nn.init.constant_(head.bias, -math.log((1 - prior) / prior))
 
 
+def paper_init(conv: nn.Module) -> nn.Module:
+    """Keras TruncatedNormal(stddev=0.05) kernels (redrawn beyond 2 sigma) and zero biases."""
+    nn.init.trunc_normal_(conv.weight, std=0.05, a=-0.1, b=0.1)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class ConvBlock(nn.Sequential):
     """[B, c_in, X, Y, Z] -> [B, c_out, X, Y, Z]: two (conv -> norm -> ReLU)."""
 
-    def __init__(self, c_in: int, c_out: int, norm: str, kernel_size: int):
+    def __init__(self, c_in: int, c_out: int, norm: str, kernel_size: int, paper: bool = False):
         pad = kernel_size // 2
-        bias = norm == "none"  # a norm layer's shift makes the conv bias redundant
+        bias = paper or norm == "none"  # a norm layer's shift makes the conv bias redundant (the paper kept it)
         super().__init__(
             nn.Conv3d(c_in, c_out, kernel_size, padding=pad, bias=bias), norm_layer(norm, c_out), nn.ReLU(inplace=True),
             nn.Conv3d(c_out, c_out, kernel_size, padding=pad, bias=bias), norm_layer(norm, c_out), nn.ReLU(inplace=True),
         )
+        if paper:
+            for conv in (self[0], self[3]):
+                paper_init(conv)
 
 
 class UNet3D(nn.Module):
     """[B, in_channels, X, Y, Z] -> logits [B, out_channels, X, Y, Z]; X, Y, Z divisible by 2**depth."""
 
     def __init__(self, in_channels: int = 4, out_channels: int = 1, filter_start: int = 8,
-                 depth: int = 3, norm: str = "bn", kernel_size: int = 3, prior: float = 0.01):
+                 depth: int = 3, norm: str = "bn", kernel_size: int = 3, prior: float = 0.01, style: str = "voxtune"):
         super().__init__()
+        if style not in ("voxtune", "paper"):
+            raise ValueError(f"unknown unet3d style '{style}'")
+        paper = style == "paper"
         widths = [filter_start * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         c = in_channels
         for w in widths[:-1]:
-            self.down.append(ConvBlock(c, w, norm, kernel_size))
+            self.down.append(ConvBlock(c, w, norm, kernel_size, paper))
             c = w
         self.pool = nn.MaxPool3d(2)
-        self.bottleneck = ConvBlock(c, widths[-1], norm, kernel_size)
+        self.bottleneck = ConvBlock(c, widths[-1], norm, kernel_size, paper)
         self.upsample = nn.ModuleList()
         self.up = nn.ModuleList()
         for w_low, w in zip(widths[:0:-1], widths[-2::-1]):
-            self.upsample.append(nn.ConvTranspose3d(w_low, w, kernel_size=2, stride=2))
-            self.up.append(ConvBlock(2 * w, w, norm, kernel_size))
-        self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+            self.upsample.append(_up_conv(w_low, w, kernel_size if paper else 2))
+            self.up.append(ConvBlock(2 * w, w, norm, kernel_size, paper))
+        self.head = nn.Conv3d(widths[0], out_channels, kernel_size=kernel_size if paper else 1,
+                              padding=kernel_size // 2 if paper else 0)
+        if paper:
+            paper_init(self.head)
         foreground_prior_bias(self.head, prior)
         self.divisor = 2**depth
 
@@ -86,7 +108,18 @@ class UNet3D(nn.Module):
         return self.head(x)
 
 
+def _up_conv(c_in: int, c_out: int, kernel_size: int) -> nn.ConvTranspose3d:
+    """Stride-2 transposed convolution doubling each side: 2^3 (voxtune), or k^3 padded as Keras's
+    "same" (the paper's), Glorot-uniform kernels and a zero bias as Keras initialises them."""
+    if kernel_size == 2:
+        return nn.ConvTranspose3d(c_in, c_out, kernel_size=2, stride=2)
+    up = nn.ConvTranspose3d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2, output_padding=1)
+    nn.init.xavier_uniform_(up.weight)
+    nn.init.zeros_(up.bias)
+    return up
+
+
 def build(cfg, in_channels: int, out_channels: int) -> UNet3D:
     """The registry's builder (voxtune.models.NETWORKS) from a TrainConfig."""
     return UNet3D(in_channels, out_channels, cfg.filter_start, cfg.depth, cfg.norm, cfg.kernel_size,
-                  prior=cfg.foreground_prior)
+                  prior=cfg.foreground_prior, style=cfg.unet_style)
