@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from voxtune.data.cache import case_entry, check_case, foreground, read_manifest, read_window
 from voxtune.errors import VoxtuneError
@@ -115,3 +115,50 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class GlobalBatchSampler(EpochSampler):
+    """This rank's part of each global batch one worker would draw, as lists of (epoch, index) keys
+    (a DataLoader's batch_sampler).
+
+    Each epoch one seeded permutation of the n training cases (randperm seeded seed + epoch: the order
+    DistributedSampler gives a single replica, so one worker trains as before) is cut into global
+    batches of `global_batch`; rank r of K takes elements r, r + K, ... of each. Nothing is padded:
+    where K does not divide a batch (the last one, when K does not divide n) the parts differ in size,
+    one may be empty, and `weight(step)` is how much this rank's mean loss must count for DDP's average
+    of the K gradients to be the mean over the global batch. DistributedSampler instead repeats cases
+    to even the shards, so a K-rank trial would train on n + (K - n mod K) cases an epoch.
+    """
+
+    def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int):
+        if not 0 <= rank < world or global_batch < 1 or n < 1:
+            raise ValueError(f"GlobalBatchSampler: n {n}, global batch {global_batch}, rank {rank} of {world}")
+        super().__init__(sampler=None)
+        self.n, self.global_batch, self.world, self.rank, self.seed = n, global_batch, world, rank, seed
+
+    def order(self) -> list[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def parts(self, cases: int | None = None) -> Iterator[list[tuple[int, int]]]:
+        """This rank's part of each global batch of the epoch's first `cases` cases (all by default)."""
+        order = self.order()[:cases]
+        for start in range(0, len(order), self.global_batch):
+            yield [(self.epoch, i) for i in order[start:start + self.global_batch][self.rank::self.world]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self.parts()
+
+    def __len__(self) -> int:
+        return -(-self.n // self.global_batch)
+
+    def weight(self, step: int) -> float:
+        """K x this rank's share of global batch `step` (1.0 when the parts are equal)."""
+        size = min(self.global_batch, self.n - step * self.global_batch)
+        return len(range(self.rank, size, self.world)) * self.world / size
+
+
+def collate_parts(items: list):
+    """default_collate, or None for a rank's empty part of a global batch."""
+    return default_collate(items) if items else None

@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 from monai.losses import DiceCELoss, DiceLoss
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, default_collate
 
 from voxtune.config import TrainConfig, make_config, read_yaml, write_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
-from voxtune.data.loader import CaseDataset, EpochSampler
+from voxtune.data.loader import CaseDataset, GlobalBatchSampler, collate_parts
 from voxtune.errors import VoxtuneError
 from voxtune.files import disk_full, is_disk_full, write_json
 from voxtune.layout import TrainDir
@@ -117,9 +117,9 @@ class _Trainer:
     loss_fn: Callable
     train_set: CaseDataset
     val_set: CaseDataset  # this rank's share of the val cases
-    sampler: EpochSampler
+    sampler: GlobalBatchSampler  # this rank's part of each global batch, as one worker would draw them
     loader: DataLoader
-    bn_cases: int  # statistics batches per rank before each validation (0: no BatchNorm, or precise_bn off)
+    bn_cases: int  # training cases of the statistics pass before each validation (0: no BatchNorm, or precise_bn off)
     manifest: dict[str, Any]
     regions: list[str]
 
@@ -239,15 +239,17 @@ def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threa
                             divisor=model.divisor)
     val_set = CaseDataset(cache_dir, val_ids[rank::world], patch_size=None, augment=False, seed=cfg.seed,
                           divisor=model.divisor)
-    shard = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    sampler = EpochSampler(shard)  # (epoch, index) keys: workers draw each epoch's patches and flips
+    if len(train_set) < world:
+        raise VoxtuneError(f"{cache_dir}: {len(train_set)} training case(s) for {world} DDP ranks: every rank needs "
+                           "at least one; use fewer workers per trial or prepare more cases")
+    # (epoch, index) keys: loader workers draw each epoch's patches and flips from them.
+    sampler = GlobalBatchSampler(len(train_set), cfg.batch_size * world, world, rank, cfg.seed)
     workers = loader_workers(cfg, threads or usable_cpus(), device.type == "cuda")
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_parts, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=2 if workers else None)
-    # As many statistics batches on every rank (SyncBatchNorm's forward is a collective).
-    bn_cases = min(math.ceil(min(BN_STATS_CASES, len(train_set)) / world), shard.num_samples) \
-        if cfg.precise_bn and batchnorm_layers(model) else 0
+    # One statistics forward per global batch on every rank (SyncBatchNorm's forward is a collective).
+    bn_cases = min(BN_STATS_CASES, len(train_set)) if cfg.precise_bn and batchnorm_layers(model) else 0
     return _Trainer(cfg, device, (use_amp, amp_dtype), model, net, optimizer, scaler, loss_fn, train_set, val_set,
                     sampler, loader, bn_cases, manifest, regions)
 
@@ -288,14 +290,18 @@ def _train_epoch(t: _Trainer, epoch: int, stop_if_aborted: Callable[[], None]) -
     loss_sum = torch.zeros((), device=t.device, dtype=torch.float64)
     seen, wait = 0, 0.0
     t_wait = time.perf_counter()
-    for image, label in t.loader:
+    for step, batch in enumerate(t.loader):
         wait += time.perf_counter() - t_wait
         stop_if_aborted()
+        image, label = batch if batch is not None else _no_cases(t, epoch)
         image, label = t.to_device(image), label.to(t.device, non_blocking=True).float()
         with torch.autocast(t.device.type, dtype=amp_dtype, enabled=use_amp):
-            loss = t.loss_fn(t.net(image), label)
+            logits = t.net(image)
+            # An empty part still runs forward and backward: DDP's all-reduce and SyncBatchNorm wait for it.
+            loss = t.loss_fn(logits, label) if len(image) else logits.sum() * 0.0
+        weight = t.sampler.weight(step)
         t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss).backward()
+        t.scaler.scale(loss if weight == 1.0 else loss * weight).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
         loss_sum += loss.detach().double() * image.shape[0]
@@ -310,15 +316,28 @@ def _train_epoch(t: _Trainer, epoch: int, stop_if_aborted: Callable[[], None]) -
             "data_wait_s": wait}
 
 
+def _no_cases(t: _Trainer, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of no cases, shaped as this run's: this rank's part of a short last global batch."""
+    image, label = t.train_set[(epoch, 0)]
+    return image[None][:0], label[None][:0]
+
+
 def _recompute_bn_statistics(t: _Trainer, stop_if_aborted: Callable[[], None]) -> None:
     """BatchNorm running statistics of these weights, not momentum averages over past ones
     (voxtune.train.batchnorm), from this epoch's shuffled shard of this rank."""
     if not t.bn_cases:
         return
     use_amp, amp_dtype = t.amp
-    batches = DataLoader(t.train_set, batch_size=t.cfg.batch_size, sampler=list(t.sampler)[:t.bn_cases])
+    epoch = t.sampler.epoch
+
+    def images():  # the global batches of the epoch's first bn_cases cases, this rank's part of each
+        for part in t.sampler.parts(t.bn_cases):
+            stop_if_aborted()
+            image = default_collate([t.train_set[key][0] for key in part]) if part else _no_cases(t, epoch)[0]
+            yield t.to_device(image)
+
     with torch.autocast(t.device.type, dtype=amp_dtype, enabled=use_amp):
-        recompute_bn_stats(t.model, (stop_if_aborted() or t.to_device(image) for image, _ in batches))
+        recompute_bn_stats(t.model, images())
 
 
 def _validate_epoch(t: _Trainer, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
