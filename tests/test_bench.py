@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from voxtune.bench import benchmark as B
-from voxtune.bench.benchmark import anytime, bench_space, default_target, plan_runs, time_to_target
+from voxtune.bench.benchmark import anytime, bench_space, default_target, plan_runs
+from voxtune.bench.record import time_to_target
 from voxtune.parallel.modes import recipe_config
 from voxtune.bench.tables import bench_markdown, write_plot
 from voxtune.cli import main
@@ -104,7 +105,7 @@ def _fake_bench() -> dict:
 def test_markdown_and_plot_from_a_bench(tmp_path):
     bench = _fake_bench()
     text = bench_markdown(bench)
-    assert "| experiment | 2 |" in text and "in-sample" in text and "x12-14" in text
+    assert "| experiment | 2 |" in text and "| fitted |" in text and "step_s = " in text and "x12-14" in text
     assert "| data (global-batch) | 2 | 2 | 1 | 8.0 [9.5-11.0] |" in text and "not reached" in text
     assert "time to Dice 0.760" in text and "| 0.80 | 0.75 |" in text
     write_plot(bench, tmp_path / "speedup.png")

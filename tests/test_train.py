@@ -161,7 +161,9 @@ def test_overrides_are_typed_per_key():
 
 def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path, monkeypatch):
     seen = {"train": [], "infer": []}
-    real_infer, real_forward = loop.infer, loop._Trainer.to_device
+    from voxtune.train import evaluate
+
+    real_infer, real_forward = evaluate.infer, loop._Trainer.to_device
 
     def spy_infer(model, image, patch_size, *args, **kwargs):
         seen["infer"].append((tuple(image.shape[2:]), patch_size))
@@ -171,7 +173,7 @@ def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path, monk
         seen["train"].append(tuple(image.shape[2:]))
         return real_forward(self, image)
 
-    monkeypatch.setattr(loop, "infer", spy_infer)
+    monkeypatch.setattr(evaluate, "infer", spy_infer)
     monkeypatch.setattr(loop._Trainer, "to_device", spy_to_device)
     summary = loop.fit(make_config({"epochs": 1, "patch_size": [16, 16, 16]}), cache_dir, tmp_path / "run", threads=1)
     assert 0.0 <= summary["best_val_dice"] <= 1.0

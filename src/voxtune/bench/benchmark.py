@@ -31,7 +31,8 @@ from typing import Any
 from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
 from voxtune.errors import VoxtuneError
-from voxtune.bench.record import FORMAT
+from voxtune.bench.record import FORMAT, bench_rows
+from voxtune.bench.stepcost import for_bench
 from voxtune.files import read_json, write_json
 from voxtune.layout import BenchDir, RunDir
 from voxtune.parallel import state
@@ -130,6 +131,8 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     train = [float(r["train_time_s"]) for r in rows if r.get("train_time_s", "") != ""]
     epoch_time = sum(e["epoch_time_s"] for e in epochs)
     best = read_json(RunDir(run_dir).best, {})
+    searched = [k for k in summary.get("searched") or [] if k != "seed"]  # repeats of a config share its cost
+    key = lambda r: json.dumps({k: r.get(k) for k in searched}, sort_keys=True, default=str)  # noqa: E731
     return {
         "workers": summary["workers"], "workers_per_trial": k, "concurrent_trials": summary["concurrent_trials"],
         "trials": summary["trials"], "epochs": summary["epochs"], "status": summary["status"],
@@ -142,6 +145,10 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
         "per_epoch_s": epoch_time / len(epochs) if epochs else 0.0,
         "data_wait_share": sum(e["data_wait_s"] for e in epochs) / epoch_time if epoch_time else 0.0,
         "val_dice": {tid: max((e["val_dice"] for e in records), default=None) for tid, records in metrics.items()},
+        # Each config's mean epoch and the order trials started in: the cost model's config costs and queue.
+        "trial_epoch_s": {key(r): statistics.fmean(e["epoch_time_s"] for e in metrics[r["trial_id"]])
+                          for r in rows if metrics[r["trial_id"]]},
+        "trial_order": [key(r) for r in sorted(rows, key=lambda r: float(r["start_ts"] or 0))],
         "best_val_dice": max((e["val_dice"] for e in epochs), default=None),
         "test_dice": (best.get("test") or {}).get("test_dice"),
         # (seconds since the search's start, val Dice) of every epoch: time to a target is read off these.
@@ -188,11 +195,6 @@ def shuffled_space(space: dict[str, Any], seed: int) -> dict[str, Any]:
 
     rng = random.Random(seed)
     return {k: {"grid": rng.sample(v["grid"], len(v["grid"]))} if isinstance(v, dict) else v for k, v in space.items()}
-
-
-def time_to_target(curve: list[list[float]], target: float) -> float | None:
-    """Seconds from the search's start until some trial first reached val Dice >= target (None: never)."""
-    return next((t for t, dice in curve if dice >= target), None)
 
 
 def search_dirs(bench_dir: str | Path) -> list[Path]:
@@ -305,6 +307,8 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
     bench_dir = Path(out).resolve()
     bench_dir.mkdir(parents=True, exist_ok=True)
     layout = BenchDir(bench_dir)
+    timed = for_bench(base, manifest, {recipe_config(base.to_dict(), k, r)["batch_size"] for _, _, k, r in runs},
+                      cpus_per_worker)
     if 1 not in workers:
         print("bench: adding the 1-worker run: every speed-up is measured against it")
     if grid_repeats > 1:
@@ -320,7 +324,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
                            f"{'; '.join(sorted({x for f in failed for x in f['reasons']})) or 'see its leaderboard'} "
                            f"(in {layout.bench_json})")
     target = target_dice if target_dice is not None else default_target(points)
-    rows = _rows(points, modes, target)
+    rows = bench_rows(points, modes, target)
     in_channels = manifest["cases"][0]["image_shape"][0]
     params = _param_count(base, in_channels, len(region_names(manifest)))
     bench = {
@@ -336,7 +340,8 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
             "target_dice_rule": "given" if target_dice is not None else TARGET_RULE,
             "train_cases": len(case_ids(manifest, "train")), "val_cases": len(case_ids(manifest, "val")),
             "batch_size": base.batch_size, "image_shape": manifest["cases"][0]["image_shape"],
-            "model_params": params, "param_bytes": params * 4,
+            "model_params": params, "param_bytes": params * 4, "step_s_by_batch": timed["step_s_by_batch"],
+            "step_timing": {k: v for k, v in timed.items() if k != "step_s_by_batch"},
         },
     }
     write_json(layout.bench_json, bench)
@@ -344,52 +349,6 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
     layout.markdown.write_text(bench_markdown(bench))
     print(f"bench: wrote {layout.bench_json}, {layout.plot.name}, {layout.markdown.name}")
     return bench
-
-
-_TIMES = ("wall_s", "startup_s", "wall_after_startup_s", "trial_compute_s", "per_epoch_s", "idle_worker_s",
-          "data_wait_share", "command_s", "ray_init_s")
-
-
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _rows(points: dict[tuple[str, int, str | None], list[dict[str, Any]]], modes: list[str],
-          target: float) -> list[dict[str, Any]]:
-    """One bench.json row per point: medians over its repeats (min and max of wall and time to target),
-    speed-ups against the 1-worker point, every repeat kept under "repeats"."""
-    out = []
-    for (mode, w, recipe), reps in points.items():
-        for r in reps:
-            r["time_to_target_s"] = time_to_target(r["curve"], target)
-        first = reps[0]
-        row = {"mode": mode, "ddp_recipe": recipe if first["workers_per_trial"] > 1 else None,
-               **{k: first[k] for k in ("workers", "workers_per_trial", "concurrent_trials", "trials", "epochs")},
-               **{k: _median([r[k] for r in reps]) for k in _TIMES},
-               "trial_outside_s": _median([r["trial_outside_s"] for r in reps]),
-               "wall_s_min": min(r["wall_s"] for r in reps), "wall_s_max": max(r["wall_s"] for r in reps),
-               "best_val_dice": _median([r["best_val_dice"] for r in reps]),
-               "best_val_dice_min": min((r["best_val_dice"] or 0.0) for r in reps),
-               "best_val_dice_max": max((r["best_val_dice"] or 0.0) for r in reps),
-               "test_dice": _median([r["test_dice"] for r in reps]),
-               "time_to_target_s": _median([r["time_to_target_s"] for r in reps]),
-               "time_to_target_reached": sum(r["time_to_target_s"] is not None for r in reps),
-               "status": first["status"], "repeats": reps}
-        out.append(row)
-    base = next(r for r in out if r["workers"] == 1)
-    ordered = []
-    for mode in [m for m in MODES if m in modes]:
-        if mode != "hybrid":
-            ordered.append({**base, "mode": mode})  # W = 1 is the same search in experiment and data
-        ordered += sorted((r for r in out if r["mode"] == mode and r["workers"] > 1),
-                          key=lambda r: (r["workers"], r["ddp_recipe"] or ""))
-    for row in ordered:
-        row["speedup"] = base["wall_s"] / row["wall_s"] if row["wall_s"] else 0.0
-        row["efficiency"] = row["speedup"] / row["workers"]
-        after = row["wall_after_startup_s"]
-        row["speedup_after_startup"] = base["wall_after_startup_s"] / after if after else 0.0
-    return ordered
 
 
 def _param_count(cfg, in_channels: int, out_channels: int) -> int:

@@ -1,210 +1,46 @@
-"""`voxtune plan`: a makespan model of a search, calibrated from a bench.json or from defaults.
+"""`voxtune plan`: the makespan of a search in every mode, from a calibrated cost model.
 
-N workers, M trials, K workers per trial (experiment K = 1, data K = N, hybrid 1 < K < N, K | N):
-C = N / K trials run at once, in waves of C; the last (tail) wave may leave workers idle.
+voxtune.bench.model holds the constants (fitted to a bench.json, each naming the run it came from, or
+DEFAULTS for the paper's setting, which are not measured); voxtune.bench.simulate plays a queue of
+trials out on W workers, K per trial.
 
-    epoch(K)  = contention(busy) * (steps(K) * step_s * b(K) / batch + ceil(val / K) * val_case_s)
-                + steps(K) * allreduce(K)
-    steps(K)  = ceil(ceil(train / K) / b(K))         each DDP rank gets 1/K of the cases; its batch
-                                                     b(K) is batch (the paper's recipe: steps shrink
-                                                     by K) or batch / K (global batch: they do not)
-    allreduce = 2 (K-1)/K * param_bytes * beta + alpha * (K-1)      ring all-reduce; beta is
-                                                     INTER_NODE_FACTOR times slower once K > G
-    trial(K)  = overhead(K) + epochs * epoch(K)
-    wall      = startup(busy, K) + sum over waves of trial(K) at that wave's contention
-
-contention(w) is how much slower one worker's compute gets when w workers share a node (memory
-bandwidth and cores on a CPU box; 1 on one-GPU-per-worker); start-up has its own such factor.
-Calibrated from a bench.json: step_s from the 1-worker run's per-epoch time; both contention factors
-from experiment runs; beta from the data/hybrid runs' per-epoch time left over after the compute-only
-prediction; startup and per-trial overhead from wall time outside training loops. Without a
-calibration, DEFAULTS describe the paper.
-
-Error: bench.md reports the model against the runs it was calibrated on (in-sample);
-`voxtune plan --calibration A/bench.json --check B/bench.json` predicts the runs of another bench
-of the same cache, net and machine (other trials, epochs or worker counts) that the model never saw.
+Errors: a run that fitted a constant is predicted from itself, so bench.md and `--check` report errors
+only for runs that fitted nothing; `voxtune plan --calibration A/bench.json --check B/bench.json`
+predicts every run of another bench of the same net, volume and machine (other trials, epochs or
+batch: B's rank batches must be among those A timed), one prediction per repeat, in that repeat's
+trial order, against the spread of the repeats.
 """
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, replace
+import statistics
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from voxtune.bench.record import FORMAT, read_bench
+from voxtune.bench.model import (ASSUMED, DEFAULTS, MakespanModel, calibrate, fitted_runs, rank_batch, run_label,
+                                 steps)
+from voxtune.bench.record import read_bench
+from voxtune.bench.simulate import Trial, queue_of, schedule
 from voxtune.errors import VoxtuneError
 from voxtune.parallel.modes import mode_of
 
-# A whole-volume validation case costs this fraction of one training case (forward only ~ 1/3 of
-# forward + backward, plus the Dice and loss on the full volume). Not separable from the 1-worker
-# per-epoch time alone, so it is a fixed assumption.
-VAL_RATIO = 0.5
-# Ring all-reduce latency per hop (s): NCCL/gloo launch + one network round trip.
-ALPHA_S = 50e-6
-# Inter-node links (InfiniBand EDR ~ 10 GB/s effective) vs intra-node NVLink (~ 80 GB/s effective).
-INTER_NODE_FACTOR = 8.0
-
-
-@dataclass
-class MakespanModel:
-    """Every constant of the makespan model; times in seconds, sizes in cases and bytes."""
-
-    train_cases: int
-    val_cases: int
-    batch_size: int
-    epochs: int
-    step_s: float  # one training step (forward + backward + Adam) of one batch on one idle worker
-    param_bytes: int
-    beta_s_per_byte: float  # all-reduce cost per byte inside a node
-    startup_s: float  # search start to the first trial's training + first-trial warm-up, 1 worker per trial
-    group_startup_s: float  # extra start-up of a K > 1 DDP group (paid once per slot: groups are reused)
-    trial_overhead_s: float  # per trial, outside the training loop (model build, checkpoints, Tune)
-    group_overhead_s: float  # extra per trial for K > 1 (remote fit calls on every rank)
-    contention: dict[int, float] = field(default_factory=lambda: {1: 1.0})
-    # The same for start-up: w workers importing torch and building models at once share the node too.
-    startup_contention: dict[int, float] = field(default_factory=lambda: {1: 1.0})
-    source: str = "default"
-    # DDP recipe: False = each rank takes batch_size (the paper's, lr x K); True = the global batch of
-    # batch_size is split over the K ranks (voxtune bench's default: the 1-worker problem).
-    global_batch: bool = False
-
-    @property
-    def val_case_s(self) -> float:
-        return VAL_RATIO * self.step_s / self.batch_size
-
-    def slowdown(self, busy: int) -> float:
-        """Compute slowdown with `busy` workers on a node."""
-        return _interpolate(self.contention, busy)
-
-    def startup(self, busy: int, k: int) -> float:
-        """Start-up of `busy` workers at once on a node, in trials of k workers."""
-        return self.startup_s * _interpolate(self.startup_contention, busy) + (self.group_startup_s if k > 1 else 0.0)
-
-
-def _interpolate(points: dict[int, float], x: int) -> float:
-    """Linear between measured points, flat beyond them (a calibration says nothing past its last point)."""
-    pts = sorted(points.items())
-    if x <= pts[0][0]:
-        return pts[0][1]
-    for (w0, f0), (w1, f1) in zip(pts, pts[1:]):
-        if x <= w1:
-            return f0 + (f1 - f0) * (x - w0) / (w1 - w0)
-    return pts[-1][1]
-
-
-# The paper's setting: 3D U-Net filter_start 8, depth 3 on 240x240x152x4, batch 2 per replica, 20
-# epochs, 70/15/15 of 484 cases (339 train, 72 val), one V100 per worker, 4 per node. step_s: the
-# net is ~730 GFLOP forward+backward per sample (torch FlopCounter), 1.46 TFLOP a batch-2 step, at an
-# assumed ~2.5 TFLOPS effective fp32 on a V100 (small-channel 3D convs are memory-bound) -> 0.6 s.
-# Start-up and overheads are typical Ray-on-SLURM values, not measurements.
-DEFAULTS = MakespanModel(train_cases=339, val_cases=72, batch_size=2, epochs=20, step_s=0.6, param_bytes=351_457 * 4,
-                 beta_s_per_byte=1 / 80e9, startup_s=15.0, group_startup_s=20.0, trial_overhead_s=5.0,
-                 group_overhead_s=5.0, source="default constants for the paper's setting (3D U-Net filter_start 8"
-                 " on 240x240x152x4, V100, batch 2, 20 epochs, 339 train / 72 val cases); not measured")
 PAPER_SPEEDUP = (12, 14)  # Berral et al. 2022: experiment parallelism, 32 trials on 32 GPUs
 
 
-def rank_batch(m: MakespanModel, k: int) -> int:
-    """Each rank's batch in a k-worker trial."""
-    return max(1, m.batch_size // k) if m.global_batch and k > 1 else m.batch_size
-
-
-def steps(m: MakespanModel, k: int) -> int:
-    """Optimiser steps (and all-reduces) per epoch of a k-worker trial."""
-    return math.ceil(math.ceil(m.train_cases / k) / rank_batch(m, k))
-
-
-def allreduce_s(m: MakespanModel, k: int, gpus_per_node: int | None = None) -> float:
-    """One gradient all-reduce over k ranks (ring: each rank sends and receives 2(k-1)/k of the bytes)."""
-    if k <= 1:
-        return 0.0
-    beta = m.beta_s_per_byte * (INTER_NODE_FACTOR if gpus_per_node and k > gpus_per_node else 1.0)
-    return 2 * (k - 1) / k * m.param_bytes * beta + ALPHA_S * (k - 1)
-
-
-def compute_epoch_s(m: MakespanModel, k: int, busy: int) -> float:
-    """Per-epoch compute of one rank of a k-worker trial while `busy` workers share its node."""
-    step_s = m.step_s * rank_batch(m, k) / m.batch_size  # a step's compute scales with its batch
-    return m.slowdown(busy) * (steps(m, k) * step_s + math.ceil(m.val_cases / k) * m.val_case_s)
-
-
-def predict(m: MakespanModel, workers: int, trials: int, k: int, gpus_per_node: int | None = None) -> dict[str, Any]:
-    """Predicted makespan of M trials on N workers, K per trial, and the worker-seconds left idle."""
-    slots = workers // k
-    full, tail = trials // slots, trials % slots  # full waves hold `slots` trials; the tail wave the rest
-    comm = steps(m, k) * allreduce_s(m, k, gpus_per_node)
-    on_node = lambda running: running * k if gpus_per_node is None else min(running * k, gpus_per_node)  # noqa: E731
-
-    def epoch_s(running: int) -> float:
-        return compute_epoch_s(m, k, on_node(running)) + comm
-
-    overhead = m.trial_overhead_s + (m.group_overhead_s if k > 1 else 0.0)
-    full_epoch, tail_epoch = epoch_s(slots), epoch_s(tail)
-    wall = (m.startup(on_node(min(slots, trials)), k) + full * (overhead + m.epochs * full_epoch)
-            + (overhead + m.epochs * tail_epoch if tail else 0.0))
-    training = k * m.epochs * (full * slots * full_epoch + tail * tail_epoch)  # worker-seconds in the loop
-    return {"mode": mode_of(workers, k), "workers": workers, "workers_per_trial": k, "concurrent_trials": slots,
-            "waves": full + (1 if tail else 0), "tail_trials": tail or min(slots, trials),
-            "idle_worker_s": workers * wall - training, "predicted_wall_s": wall}
+def predict(m: MakespanModel, workers: int, trials: int, k: int, gpus_per_node: int | None = None,
+            queue: list[Trial] | None = None) -> dict[str, Any]:
+    """Predicted makespan of M trials (the calibration's configs in turn, unless `queue` says) on N
+    workers, K per trial, and the worker-seconds left idle."""
+    played = schedule(m, workers, k, queue if queue is not None else queue_of(m, trials), gpus_per_node)
+    return {"mode": mode_of(workers, k), "workers": workers, "workers_per_trial": k,
+            "concurrent_trials": played["concurrent_trials"], "waves": played["waves"],
+            "idle_worker_s": played["idle_worker_s"], "predicted_wall_s": played["wall_s"]}
 
 
 def splits(workers: int) -> list[int]:
     """Every K dividing N: 1 (experiment), 1 < K < N (hybrid), N (data)."""
     return [k for k in range(1, workers + 1) if workers % k == 0]
-
-
-def calibrate(bench: dict[str, Any]) -> MakespanModel:
-    """Fit the model's constants to a bench.json (see the module docstring for which run gives what)."""
-    if bench.get("format") != FORMAT:
-        raise VoxtuneError(f"not a usable bench.json: format {bench.get('format')!r}, this voxtune reads format "
-                           f"{FORMAT}; run `voxtune bench` again")
-    try:
-        s, runs = bench["settings"], bench["runs"]
-        one = next(r for r in runs if r["workers"] == 1)
-        # The DDP recipe of the runs the all-reduce cost is fitted on: the bench's first.
-        recipe = (s.get("ddp_recipes") or ["scale-lr"])[0]
-        m = MakespanModel(train_cases=int(s["train_cases"]), val_cases=int(s["val_cases"]),
-                          batch_size=int(s["batch_size"]), epochs=int(s["epochs"]), step_s=0.0,
-                          param_bytes=int(s["param_bytes"]), beta_s_per_byte=0.0, startup_s=0.0,
-                          group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0, source="calibrated",
-                          global_batch=recipe == "global-batch")
-        trials = int(s["trials"])
-        m.step_s = one["per_epoch_s"] / (steps(m, 1) + m.val_cases * VAL_RATIO / m.batch_size)
-
-        def search_start(r: dict[str, Any]) -> float:
-            """Ray up to the first epoch's start: worker processes, imports, DDP groups, model build."""
-            return r["startup_s"] or 0.0
-
-        m.startup_s = search_start(one)
-        m.trial_overhead_s = max(0.0, (one["wall_s"] - m.startup_s - trials * one["trial_compute_s"]) / trials)
-        # Busy workers in an experiment run: W, or M when there are fewer trials than workers.
-        spread = [r for r in runs if r["mode"] == "experiment" and r["workers"] > 1]
-        m.contention = {1: 1.0} | {min(r["workers"], trials): max(1.0, r["per_epoch_s"] / one["per_epoch_s"])
-                                   for r in spread}
-        m.startup_contention = {1: 1.0} | {min(r["workers"], trials): max(1.0, search_start(r) / m.startup_s)
-                                           for r in spread if m.startup_s > 0}
-        groups = [r for r in runs if r["workers_per_trial"] > 1 and r.get("ddp_recipe") == recipe]
-        xs, ys, starts, overheads = [], [], [], []
-        for r in groups:
-            k = r["workers_per_trial"]
-            left = r["per_epoch_s"] - compute_epoch_s(m, k, r["workers"])
-            xs.append(2 * (k - 1) / k * m.param_bytes)
-            ys.append(left / steps(m, k) - ALPHA_S * (k - 1))
-            starts.append(search_start(r) - m.startup(r["workers"], 1))
-            waves = math.ceil(trials / r["concurrent_trials"])
-            per_wave = (r["wall_s"] - search_start(r) - waves * r["trial_compute_s"]) / waves
-            overheads.append(per_wave - m.trial_overhead_s)
-    except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError) as exc:
-        raise VoxtuneError(f"not a usable bench.json: needs settings and runs with a 1-worker run "
-                           f"({type(exc).__name__}: {exc})") from None
-    if groups:  # least squares through the origin: all-reduce time ~ bytes moved
-        m.beta_s_per_byte = max(0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs))
-        m.group_startup_s = max(0.0, sum(starts) / len(starts))
-        m.group_overhead_s = max(0.0, sum(overheads) / len(overheads))
-    else:
-        m.beta_s_per_byte = DEFAULTS.beta_s_per_byte
-    return m
 
 
 def _calibrated(bench: dict[str, Any], path: str | Path) -> MakespanModel:
@@ -234,7 +70,8 @@ def plan(m: MakespanModel, workers: int, trials: int, gpus_per_node: int | None 
     best = min(preds, key=lambda p: (round(p["predicted_wall_s"], 6), p["workers_per_trial"]))
     return {"workers": workers, "trials": trials, "gpus_per_node": gpus_per_node, "epochs": m.epochs,
             "calibration": m.source, "predictions": preds, "recommended": best,
-            "model": {k: v for k, v in asdict(m).items() if k != "source"}}
+            "fitted": m.fitted, "assumed": ASSUMED if m.fitted else {"every constant": m.source, **ASSUMED},
+            "model": {k: v for k, v in asdict(m).items() if k not in ("source", "fitted")}}
 
 
 def sweep_speedups(m: MakespanModel, trials: int, gpus_per_node: int | None = None, top: int = 256) -> list[dict[str, Any]]:
@@ -253,13 +90,25 @@ def sweep_speedups(m: MakespanModel, trials: int, gpus_per_node: int | None = No
     return rows
 
 
+def _repeat_queue(rep: dict[str, Any]) -> list[Trial] | None:
+    """The trials of one bench repeat in the order they started (None for an older bench.json)."""
+    order = rep.get("trial_order")
+    return [Trial(c) for c in order] if order else None
+
+
 def predict_runs(m: MakespanModel, bench: dict[str, Any]) -> list[dict[str, Any]]:
-    """Predict each run of a bench.json with model m, at that bench's trials, epochs and case counts:
-    [{mode, workers, workers_per_trial, measured, predicted, error_pct}]."""
+    """Predict each run of a bench.json with model m at that bench's trials, epochs, cases and batch: one
+    prediction per repeat, in its trial order. [{mode, ..., measured (median), measured_min/max, predicted
+    (median), error_pct, fitted}]; error_pct is None for a run m was fitted to."""
+    used = fitted_runs(m)
     try:
         s = bench["settings"]
         m = replace(m, train_cases=int(s["train_cases"]), val_cases=int(s["val_cases"]),
-                    batch_size=int(s["batch_size"]), epochs=int(s["epochs"]))
+                    epochs=int(s["epochs"]))
+        batch = int(s["batch_size"])
+        if batch != m.batch_size:  # the step at the new batch, as the calibration timed it
+            m = replace(m, step_s=m.step(batch), batch_size=batch, val_s=m.val_case_s,
+                        batch_cost={b: v / m.batch_cost[batch] for b, v in m.batch_cost.items()})
         trials, out, seen = int(s["trials"]), [], set()
         for r in bench["runs"]:
             key = (r["workers"], r["workers_per_trial"], r.get("ddp_recipe"))
@@ -267,31 +116,38 @@ def predict_runs(m: MakespanModel, bench: dict[str, Any]) -> list[dict[str, Any]
                 continue
             seen.add(key)
             run_model = replace(m, global_batch=r.get("ddp_recipe") == "global-batch")
-            p = predict(run_model, r["workers"], trials, r["workers_per_trial"])["predicted_wall_s"]
-            out.append({"mode": r["mode"], "ddp_recipe": r.get("ddp_recipe"), "workers": r["workers"],
-                        "workers_per_trial": r["workers_per_trial"],
-                        "trials": trials, "epochs": m.epochs, "measured": r["wall_s"], "predicted": p,
-                        "error_pct": 100 * (p - r["wall_s"]) / r["wall_s"] if r["wall_s"] else float("nan")})
+            k = r["workers_per_trial"]
+            predicted = statistics.median(
+                predict(run_model, r["workers"], trials, k, queue=_repeat_queue(rep))["predicted_wall_s"]
+                for rep in (r.get("repeats") or [{}]))
+            fitted = run_label(r) in used
+            out.append({"run": run_label(r), "mode": r["mode"], "ddp_recipe": r.get("ddp_recipe"),
+                        "workers": r["workers"], "workers_per_trial": k, "rank_batch": rank_batch(run_model, k),
+                        "trials": trials, "epochs": m.epochs, "repeats": len(r.get("repeats") or [r]),
+                        "measured": r["wall_s"], "measured_min": r.get("wall_s_min", r["wall_s"]),
+                        "measured_max": r.get("wall_s_max", r["wall_s"]), "predicted": predicted, "fitted": fitted,
+                        "error_pct": None if fitted or not r["wall_s"] else 100 * (predicted - r["wall_s"]) / r["wall_s"]})
     except (KeyError, TypeError, ValueError) as exc:
         raise VoxtuneError(f"not a usable bench.json: needs settings and runs ({type(exc).__name__}: {exc})") from None
     return out
 
 
 def model_error(bench_json: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
-    """Calibrate on a bench.json and predict each of its own runs (in-sample error)."""
+    """Calibrate on a bench.json and predict each of its own runs: an error only for runs that fitted nothing."""
     bench = json.loads(Path(bench_json).read_text()) if not isinstance(bench_json, dict) else bench_json
     return predict_runs(calibrate(bench), bench)
 
 
-# What must match for a calibration's per-step time to carry over to another bench's runs.
-SAME_SETUP = {"settings": ("image_shape", "model_params", "batch_size", "cpus_per_worker", "gpus_per_worker"),
+# What must match for a calibration's per-step time to carry over to another bench's runs (the batch may
+# differ where the calibration timed the other bench's rank batches).
+SAME_SETUP = {"settings": ("image_shape", "model_params", "cpus_per_worker", "gpus_per_worker"),
               "machine": ("cpus", "gpus", "gpu_name")}
 
 
 def _net(bench: dict[str, Any]) -> dict[str, Any]:
-    """The trained net and its input as configured; epochs and seed may differ between benches."""
+    """The trained net and its input as configured; epochs, seed and batch may differ between benches."""
     config = (bench.get("settings") or {}).get("base_config") or {}
-    return {k: v for k, v in config.items() if k not in ("epochs", "seed")}
+    return {k: v for k, v in config.items() if k not in ("epochs", "seed", "batch_size")}
 
 
 def check(calibration: str | Path, other: str | Path) -> dict[str, Any]:
@@ -306,21 +162,55 @@ def check(calibration: str | Path, other: str | Path) -> dict[str, Any]:
                            "machine for both")
     model = _calibrated(cal, calibration)
     try:
-        rows = predict_runs(model, runs)
+        batch = int(runs["settings"]["batch_size"])
+        wanted = {max(1, batch // r["workers_per_trial"]) if r.get("ddp_recipe") == "global-batch" else batch
+                  for r in runs["runs"]}
+        rows = predict_runs(model, runs) if batch == model.batch_size or wanted <= set(model.batch_cost) else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VoxtuneError(f"--check {other}: not a usable bench.json: needs settings and runs "
+                           f"({type(exc).__name__}: {exc})") from None
     except VoxtuneError as exc:
         raise VoxtuneError(f"--check {other}: {exc}") from None
-    return {"calibration": str(calibration), "checked": str(other), "runs": rows,
+    missing = sorted(wanted - set(model.batch_cost))
+    if rows is None:
+        raise VoxtuneError(f"--check {other}: its runs step at rank batch {', '.join(map(str, missing))}, which "
+                           f"--calibration {calibration} did not time; bench the calibration with this voxtune, "
+                           "which times every rank batch up to its batch")
+    for r in rows:  # a constant fitted to another bench is not fitted to this one
+        r["fitted"] = False
+        r["error_pct"] = 100 * (r["predicted"] - r["measured"]) / r["measured"] if r["measured"] else float("nan")
+        r["within_spread"] = r["measured_min"] <= r["predicted"] <= r["measured_max"]
+    return {"calibration": str(calibration), "checked": str(other), "runs": rows, "fitted": model.fitted,
             "max_abs_error_pct": max((abs(r["error_pct"]) for r in rows), default=float("nan"))}
 
 
 def format_check(result: dict[str, Any]) -> str:
     lines = [f"voxtune plan: model calibrated on {result['calibration']},",
              f"predicting the runs measured in {result['checked']} (out of sample)", "",
-             f"{'mode':<11}{'workers':>8}{'K':>4}{'trials':>7}{'epochs':>7}{'measured':>10}{'predicted':>11}{'error':>8}"]
+             f"{'run':<34}{'b':>3}{'trials':>7}{'epochs':>7}{'measured, median [min-max]':>30}{'predicted':>11}"
+             f"{'error':>8}"]
     for r in result["runs"]:
-        lines.append(f"{r['mode']:<11}{r['workers']:>8}{r['workers_per_trial']:>4}{r['trials']:>7}{r['epochs']:>7}"
-                     f"{r['measured']:>9.1f}s{r['predicted']:>10.1f}s{r['error_pct']:>+7.1f}%")
-    lines += ["", f"largest error: {result['max_abs_error_pct']:.1f}%"]
+        spread = f"{r['measured']:.1f} [{r['measured_min']:.1f}-{r['measured_max']:.1f}] s"
+        lines.append(f"{r['run']:<34}{r['rank_batch']:>3}{r['trials']:>7}{r['epochs']:>7}{spread:>30}"
+                     f"{r['predicted']:>10.1f}s{r['error_pct']:>+7.1f}%")
+    lines += ["", f"largest error: {result['max_abs_error_pct']:.1f}%; predicted within the repeats' spread: "
+              f"{sum(r['within_spread'] for r in result['runs'])} of {len(result['runs'])} runs",
+              "b: each rank's batch. One prediction per repeat, in that repeat's trial order; the median is shown."]
+    return "\n".join(lines)
+
+
+def format_constants(m: MakespanModel) -> str:
+    """Each fitted constant, its value and the run it came from; then what is assumed."""
+    if not m.fitted:
+        return f"constants: {m.source}\n" + "\n".join(f"  assumed {k}: {v}" for k, v in ASSUMED.items())
+    lines = ["fitted constants (value <- run: how):"]
+    for f in m.fitted:
+        value = f["value"]
+        shown = (", ".join(f"{k}: {v:.3g}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.4g}")
+        lines.append(f"  {f['constant']} = {shown} <- {'; '.join(f['from'])}: {f['how']}")
+    if not any(f["constant"] == "batch_cost" for f in m.fitted):
+        lines.append("  assumed: a step's cost linear in the rank batch (this bench.json timed no rank batch)")
+    lines += [f"  assumed {k}: {v}" for k, v in ASSUMED.items()]
     return "\n".join(lines)
 
 
@@ -393,5 +283,5 @@ def run_plan(*, workers: int, trials: int, calibration: str | Path | None = None
     if sweep:
         result["sweep"] = sweep_speedups(m, trials, gpus_per_node)
     print(json.dumps(result, indent=2) if as_json else format_plan(result)
-          + ("\n\n" + format_sweep(result["sweep"], m, trials) if sweep else ""))
+          + ("\n\n" + format_sweep(result["sweep"], m, trials) if sweep else "") + "\n\n" + format_constants(m))
     return result

@@ -126,7 +126,8 @@ def _to_target(row: dict[str, Any]) -> str:
 
 def bench_markdown(bench: dict[str, Any]) -> str:
     """bench.md: the measured table, the scaling model's in-sample error, and its paper-setting prediction."""
-    from voxtune.bench.plan import model_error, paper_prediction
+    from voxtune.bench.model import calibrate
+    from voxtune.bench.plan import format_constants, model_error, paper_prediction
 
     s, m = bench["settings"], bench["machine"]
     loads = [r.get("load_before") for row in bench["runs"] for r in row["repeats"]] + [m.get("load_after")]
@@ -162,11 +163,17 @@ def bench_markdown(bench: dict[str, Any]) -> str:
            *([""] + [f"Failed: {f['run']}, every trial ({'; '.join(f['reasons']) or 'see its leaderboard'}); "
                      "not timed, not in the table." for f in bench.get("failed_runs", [])]),
            "",
-           "## Scaling model vs measured (calibrated on these runs, so this is in-sample error)",
+           "## Scaling model vs measured",
+           "",
+           "Calibrated on these runs: a run that fitted a constant is predicted from itself, so it shows no "
+           "error; `voxtune plan --calibration bench.json --check OTHER/bench.json` measures the error out of "
+           "sample. One prediction per repeat, in its trial order; the median is shown.",
            "",
            _table(["mode", "workers", "measured s", "predicted s", "error"],
-                  [[label(e), e["workers"], e["measured"], e["predicted"], f"{e['error_pct']:+.1f}%"]
-                   for e in model_error(bench)]),
+                  [[label(e), e["workers"], e["measured"], e["predicted"],
+                    "fitted" if e["error_pct"] is None else f"{e['error_pct']:+.1f}%"] for e in model_error(bench)]),
+           "",
+           "```", format_constants(calibrate(bench)), "```",
            "",
            paper_prediction()]
     return "\n".join(out) + "\n"

@@ -35,7 +35,7 @@ from voxtune.models import build_model
 from voxtune.train import syncbn
 from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
 from voxtune.train.checkpoint import load_checkpoint, save_checkpoint
-from voxtune.train.metrics import dice_per_region, infer, soft_dice_per_region
+from voxtune.train.evaluate import validate_cases as _validate  # tests spy on loop._validate
 
 # report(record) -> True asks the loop to stop after this epoch (a scheduler's early stop).
 Reporter = Callable[[dict[str, Any]], bool]
@@ -384,28 +384,6 @@ def _out_of_memory_line(cfg: TrainConfig, run: TrainDir, device: torch.device, e
     return OutOfMemory(f"{run.name}: out of memory on {device} in epoch {epoch} at batch_size {cfg.batch_size} "
                        f"over {world} rank(s), {patch}; lower batch_size, train on patches (--set "
                        "patch_size=[96,96,96]) or give each worker more memory")
-
-
-@torch.no_grad()
-def _validate(model, val_set, loss_fn, cfg, device, use_amp, amp_dtype, n_regions, stop_if_aborted=lambda: None) -> list[float]:
-    """[val_loss_sum, n_cases, dice_sum_region_0, ...] over this rank's share of the val cases.
-
-    Runs on the bare model, never the DDP wrapper: ranks hold different numbers of val cases
-    and DDP's forward would wait for collectives the other ranks never make.
-    """
-    model.eval()
-    loss_sum, n, dice_sum = 0.0, 0, torch.zeros(n_regions, dtype=torch.float64)
-    for i in range(len(val_set)):
-        stop_if_aborted()
-        image, label = val_set[i]
-        image, label = image[None].to(device).float(), label[None].to(device).float()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = infer(model, image, cfg.patch_size)
-        loss_sum += float(loss_fn(logits.float(), label))
-        score = soft_dice_per_region if cfg.val_metric == "soft_dice" else dice_per_region
-        dice_sum += score(logits, label)[0].double().cpu()
-        n += 1
-    return [loss_sum, n, *dice_sum.tolist()]
 
 
 def _best_state(model, cfg: TrainConfig, manifest: dict, regions: list[str], record: dict) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""What one training step costs at each rank batch, timed before a bench's runs.
+
+The cost model (voxtune.bench.model) needs the step of a K-rank global-batch trial, whose ranks take
+batch / K each. That is not batch / K times the full step: on a CPU, torch 2.13 runs a batch-1 Conv3d
+outside oneDNN, and a batch-1 step of the bench's net costs about as much as a batch-4 one
+(benchmarks/cpu_batch.py). So `voxtune bench` times a real step - forward, Dice loss, backward, Adam -
+of the bench's net on random volumes of the cache's size, at every rank batch its runs use and every
+power of two up to the batch (so another bench at a smaller batch can be checked against it), with
+the threads of one worker, on the driver.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+WARMUP, TIMED = 1, 3
+
+
+def rank_batches(batch: int, extra: set[int]) -> list[int]:
+    """Powers of two up to `batch`, `batch` itself and `extra` (the runs' own rank batches)."""
+    out, b = {batch, *extra}, 1
+    while b < batch:
+        out.add(b)
+        b *= 2
+    return sorted(x for x in out if 1 <= x <= batch)
+
+
+def time_steps(cfg, in_channels: int, out_channels: int, shape: list[int], batches: list[int],
+               threads: int) -> dict[str, Any]:
+    """{"step_s_by_batch": {b: median seconds of TIMED steps}, "threads", "shape", "device"}; on the
+    CPU (a GPU bench's driver may hold no GPU, and the GPU's step is what its runs measure anyway)."""
+    import torch
+    from monai.losses import DiceLoss
+
+    from voxtune.models import build_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        torch.manual_seed(0)
+        model = build_model(cfg, in_channels, out_channels).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        loss_fn = DiceLoss(sigmoid=True)
+        timed = {}
+        for b in batches:
+            image = torch.randn(b, in_channels, *shape)
+            label = (torch.rand(b, out_channels, *shape) > 0.9).float()
+            seconds = []
+            for i in range(WARMUP + TIMED):
+                start = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(image), label).backward()
+                optimizer.step()
+                if i >= WARMUP:
+                    seconds.append(time.perf_counter() - start)
+            timed[str(b)] = statistics.median(seconds)
+    finally:
+        torch.set_num_threads(before)
+    return {"step_s_by_batch": timed, "threads": max(1, threads), "shape": list(shape), "device": "cpu"}
+
+
+def for_bench(cfg, manifest: dict[str, Any], run_batches: set[int], threads: float) -> dict[str, Any]:
+    """time_steps on the cache's volume (or the config's patch) at the bench's rank batches; one line of progress."""
+    from voxtune.data.cache import region_names
+    from voxtune.data.loader import divisible
+    from voxtune.models import build_model
+
+    image_shape = manifest["cases"][0]["image_shape"]
+    divisor = build_model(cfg, image_shape[0], 1).divisor
+    shape = list(cfg.patch_size) if cfg.patch_size else divisible(image_shape[1:], divisor)
+    batches = rank_batches(cfg.batch_size, run_batches)
+    print(f"bench: timing a training step at rank batch {', '.join(map(str, batches))} on {shape} "
+          f"({WARMUP} + {TIMED} steps each)", flush=True)
+    return time_steps(cfg, image_shape[0], len(region_names(manifest)), shape, batches, int(threads))
