@@ -14,7 +14,7 @@ import pytest
 
 from voxtune.bench import model as M
 from voxtune.bench import plan as P
-from voxtune.bench.simulate import Trial, schedule
+from voxtune.bench.simulate import Asha, Trial, schedule
 from voxtune.cli import main
 from voxtune.errors import VoxtuneError
 
@@ -99,6 +99,16 @@ def test_a_trial_speeds_up_when_its_neighbour_ends():
     one ends (6.75 s); the long one then has 2 epochs left alone at 4.5 s: 6.75 + 9 = 15.75 s."""
     m = replace(PLAIN, contention={1: 1.0, 2: 1.5})
     assert schedule(m, 2, 1, [Trial(epochs=1), Trial(epochs=3)])["wall_s"] == pytest.approx(15.75)
+
+
+def test_asha_stops_a_trial_below_the_rung_quantile_of_those_before_it():
+    """4 epochs, grace 1, eta 2: rungs at 1 and 2. Qualities 0.5, 0.9, 0.3, 0.7 one after the other: at rung 1 the
+    third meets the median of [0.5, 0.9] = 0.7 and stops; the fourth meets that of [0.3, 0.5, 0.9] = 0.5 and goes
+    on, and at rung 2 meets 0.7 (of [0.5, 0.9]), not below it. 13 epochs of 4.5 s."""
+    m = replace(PLAIN, epochs=4)
+    played = schedule(m, 1, 1, [Trial(quality=q) for q in (0.5, 0.9, 0.3, 0.7)], asha=Asha(grace=1))
+    assert played["epochs"] == [4, 4, 1, 4] and played["wall_s"] == pytest.approx(13 * 4.5)
+    assert Asha.of(20).rungs(20) == [5, 10]  # voxtune's setting at 20 epochs, as Ray places the rungs
 
 
 def test_overheads_and_start_up_are_paid_where_they_fall():

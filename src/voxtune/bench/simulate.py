@@ -16,29 +16,76 @@ from typing import Any
 
 from voxtune.bench.model import MakespanModel, epoch_s
 
-_DONE = 1e-9  # epochs (or seconds) left below which a phase has ended: float sums never land on 0 exactly
+_DONE = 1e-9  # share of an epoch (or seconds) left below which it has ended: float sums never land on 0 exactly
 
 
 @dataclass(frozen=True)
 class Trial:
     config: str | None = None  # its config's key in MakespanModel.config_cost (None: the mean config)
     epochs: int | None = None  # None: the model's epochs
+    quality: float = 0.0  # what ASHA ranks it by (higher is better), the same at every rung
 
 
-def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_per_node: int | None = None) -> dict[str, Any]:
-    """{"wall_s", "training_worker_s", "idle_worker_s", "ends": each trial's end, in queue order}."""
+@dataclass(frozen=True)
+class Asha:
+    """Ray Tune's ASHAScheduler as voxtune sets it: rungs at grace x eta^i epochs below max_t; a trial
+    reaching a rung stops if its value is below the (1 - 1/eta) quantile of those recorded there before it."""
+
+    grace: int
+    eta: int = 2
+
+    def rungs(self, max_t: int) -> list[int]:
+        out, t = [], self.grace
+        while t < max_t:
+            out.append(t)
+            t *= self.eta
+        return out
+
+    @staticmethod
+    def of(epochs: int) -> "Asha":
+        return Asha(grace=max(1, epochs // 4), eta=2)  # voxtune.parallel.tune's setting
+
+
+def _cutoff(values: list[float], eta: int) -> float | None:
+    """numpy.nanpercentile(values, (1 - 1/eta) x 100), linear interpolation, as Ray's ASHA takes it."""
+    if not values:
+        return None
+    ordered, q = sorted(values), (1 - 1 / eta) * (len(values) - 1)
+    low = int(q)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (q - low)
+
+
+def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_per_node: int | None = None,
+             asha: Asha | None = None) -> dict[str, Any]:
+    """{"wall_s", "training_worker_s", "idle_worker_s", "ends" (each trial's, in queue order), "epochs"
+    (each trial's, fewer where ASHA stopped it), "concurrent_trials", "waves"}."""
     slots = workers // k
     on_node = (lambda w: w) if gpus_per_node is None else (lambda w: min(w, gpus_per_node))
     queue = deque(enumerate(trials))
     now = m.startup(on_node(min(slots, len(trials)) * k), k)
-    running: list[list[Any]] = []  # [phase ("train": epochs left, "over": seconds left), left, index, trial]
-    ends: list[float] = [0.0] * len(trials)
+    # [phase ("train": share of this epoch left, "over": seconds left), left, index, trial, epochs done]
+    running: list[list[Any]] = []
+    ends, trained = [0.0] * len(trials), [0] * len(trials)
+    rungs: dict[int, list[float]] = {}
     training = 0.0
 
     def start_next() -> None:
         if queue:
             i, trial = queue.popleft()
-            running.append(["train", float(trial.epochs or m.epochs), i, trial])
+            running.append(["train", 1.0, i, trial, 0])
+
+    def next_epoch(r: list[Any]) -> None:
+        """After an epoch: ASHA's verdict at a rung, then the next epoch or the trial's overhead."""
+        r[4] += 1
+        last = r[3].epochs or m.epochs
+        stop = r[4] >= last
+        if asha is not None and not stop and r[4] in asha.rungs(last):
+            recorded = rungs.setdefault(r[4], [])
+            cutoff = _cutoff(recorded, asha.eta)
+            recorded.append(r[3].quality)
+            stop = cutoff is not None and r[3].quality < cutoff
+        r[0], r[1] = ("over", m.overhead(k)) if stop else ("train", 1.0)
 
     for _ in range(slots):
         start_next()
@@ -58,14 +105,14 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
             if r[1] > _DONE:
                 continue
             if r[0] == "train":
-                r[0], r[1] = "over", m.overhead(k)
-                if r[1] > _DONE:
+                next_epoch(r)
+                if r[0] == "train" or r[1] > _DONE:
                     continue
             running.remove(r)
-            ends[r[2]] = now
+            ends[r[2]], trained[r[2]] = now, r[4]
             start_next()
     return {"wall_s": now, "training_worker_s": training, "idle_worker_s": workers * now - training, "ends": ends,
-            "concurrent_trials": slots, "waves": math.ceil(len(trials) / slots)}
+            "epochs": trained, "concurrent_trials": slots, "waves": math.ceil(len(trials) / slots)}
 
 
 def queue_of(m: MakespanModel, trials: int) -> list[Trial]:

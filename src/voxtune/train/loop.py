@@ -42,8 +42,8 @@ Reporter = Callable[[dict[str, Any]], bool]
 
 # Training cases (over all ranks) whose batch statistics become the BatchNorm running statistics
 # before each validation and checkpoint (voxtune.train.batchnorm): every case of a small cache, a
-# bounded forward-only pass on a large one (32 of the paper's 339 cases, forward only, is about
-# 32 / 339 / 3 = 3 % of an epoch's training compute).
+# bounded forward-only pass on a large one (32 of the paper's 339 cases; the README estimates its share
+# of an epoch from benchmarks/cpu_batch.py).
 BN_STATS_CASES = 32
 
 
