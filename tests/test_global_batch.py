@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 
 from voxtune.config import make_config
 from voxtune.data.loader import GlobalBatchSampler
+from voxtune.errors import VoxtuneError
 
 
 def _batches(n: int, batch: int, world: int, epoch: int = 3) -> list[list[list[int]]]:
@@ -93,3 +94,33 @@ def test_two_ranks_of_batch_one_follow_one_worker_of_batch_two_on_five_cases(odd
     for a, b in zip(one, two):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert b["val_dice"] == pytest.approx(a["val_dice"], abs=1e-4)
+
+
+def _grown(rank: int, world: int, port: int, cache: str, out: str) -> None:
+    import voxtune.train.loop as loop
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    loop.fit(make_config({**CONFIG, "epochs": 4, "batch_size": 1}), cache, out, threads=1)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_run_that_grows_from_one_rank_to_two_follows_its_one_worker_twin(odd_cache, tmp_path):
+    """Epochs 1-2 on one worker (batch 2), epochs 3-4 resumed from its checkpoint by 2 ranks of batch 1, as a
+    trial that takes a second worker at an epoch boundary: every epoch within 1e-4 of 4 epochs on one worker,
+    and metrics.json says who trained each epoch. A resume that would change the problem is refused."""
+    import voxtune.train.loop as loop
+
+    twin = loop.fit(make_config({**CONFIG, "epochs": 4, "batch_size": 2}), odd_cache, tmp_path / "twin",
+                    threads=1)["metrics"]
+    grown = tmp_path / "grown"
+    loop.fit(make_config({**CONFIG, "epochs": 2, "batch_size": 2}), odd_cache, grown, threads=1)
+    mp.spawn(_grown, args=(2, _free_port(), str(odd_cache), str(grown)), nprocs=2)
+    records = json.loads((grown / "metrics.json").read_text())
+    assert [r["workers"] for r in records] == [1, 1, 2, 2]
+    for a, b in zip(twin, records):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_dice"] == pytest.approx(a["val_dice"], abs=1e-4)
+    # The same folder on one worker again at batch 1 would halve the global batch: refused, with the reason.
+    with pytest.raises(VoxtuneError, match="a global batch of 2 there, 1 here"):
+        loop.fit(make_config({**CONFIG, "epochs": 5, "batch_size": 1}), odd_cache, grown, threads=1)

@@ -77,7 +77,7 @@ def test_loader_processes_do_not_change_the_run(cache_dir, tmp_path):
 
 
 def test_loader_processes_follow_the_cpus():
-    from voxtune.train.loop import loader_workers
+    from voxtune.data.loader import loader_workers
 
     auto = make_config({})
     assert auto.num_workers is None

@@ -162,3 +162,14 @@ class GlobalBatchSampler(EpochSampler):
 def collate_parts(items: list):
     """default_collate, or None for a rank's empty part of a global batch."""
     return default_collate(items) if items else None
+
+
+def loader_workers(cfg, cpus: int, cuda: bool) -> int:
+    """DataLoader processes per training worker: a TrainConfig's num_workers, else derived from its
+    CPUs. A GPU rank keeps one CPU for itself and lets up to 8 prepare batches; on CPUs that also
+    train, one loader process once there are 4 CPUs, none below (it would take cores from the network)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if cuda:
+        return max(0, min(8, cpus - 1))
+    return 1 if cpus >= 4 else 0

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from voxtune.config import TrainConfig, make_config, read_yaml, write_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
-from voxtune.data.loader import CaseDataset, GlobalBatchSampler, collate_parts
+from voxtune.data.loader import CaseDataset, GlobalBatchSampler, collate_parts, loader_workers
 from voxtune.errors import VoxtuneError
 from voxtune.files import disk_full, is_disk_full, write_json
 from voxtune.layout import TrainDir
@@ -79,25 +79,24 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def loader_workers(cfg: TrainConfig, cpus: int, cuda: bool) -> int:
-    """DataLoader processes per training worker: the config's, else derived from its CPUs. A GPU
-    rank keeps one CPU for itself and lets up to 8 prepare batches; on CPUs that also train, one
-    loader process once there are 4 CPUs, none below (it would take cores from the network)."""
-    if cfg.num_workers is not None:
-        return cfg.num_workers
-    if cuda:
-        return max(0, min(8, cpus - 1))
-    return 1 if cpus >= 4 else 0
-
-
-def _check_same_run(cfg: TrainConfig, run: TrainDir) -> None:
-    """Refuse to resume a run whose saved config differs (other than a longer `epochs`)."""
+def _check_same_run(cfg: TrainConfig, run: TrainDir, world: int, state: dict[str, Any]) -> None:
+    """Refuse to resume a run whose saved config differs (other than a longer `epochs`). The ranks may
+    change where the problem does not: the same global batch (batch_size x ranks: each rank takes its
+    part of the same global batches, voxtune.data.loader.GlobalBatchSampler) and no lr x ranks."""
     out_dir, saved_path = run.path, run.config
-    if not saved_path.exists():
+    if "config" not in state and not saved_path.exists():
         return
-    saved = make_config(read_yaml(saved_path)).to_dict()
+    # The checkpoint's own config: rank 0 rewrites config.yaml as it starts, maybe before a peer reads it.
+    saved = make_config(state.get("config") or read_yaml(saved_path)).to_dict()
+    records = [r for r in state["metrics"] if r["epoch"] <= state["epoch"]]
+    saved_world = (records or [{}])[-1].get("workers", 1)
     ours = cfg.to_dict()
-    diff = [k for k in ours if k != "epochs" and saved.get(k) != ours[k]]
+    diff = [k for k in ours if k not in ("epochs", "batch_size") and saved.get(k) != ours[k]]
+    if saved["batch_size"] * saved_world != cfg.batch_size * world:
+        diff.append(f"batch_size: a global batch of {saved['batch_size'] * saved_world} there, "
+                    f"{cfg.batch_size * world} here")
+    elif saved_world != world and cfg.scale_lr:
+        diff.append(f"scale_lr: lr x {saved_world} ranks there, x {world} here")
     if diff:
         raise VoxtuneError(f"{out_dir} holds a run with a different config ({', '.join(diff)}); "
                            "choose another --out or delete it")
@@ -151,7 +150,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     run = TrainDir(out_dir)
     torch.set_num_threads(max(1, threads or usable_cpus()))
     t = _build(cfg, cache_dir, rank, world, threads)
-    records, best, best_epoch = _resume(t, run, log if rank == 0 else None)
+    records, best, best_epoch = _resume(t, run, world, log if rank == 0 else None)
     writer = _open_writer(t, run) if rank == 0 else None
     epoch = first = records[-1]["epoch"] + 1 if records else 1
     stopped_early = False  # (a scheduler's stop before the last epoch)
@@ -254,13 +253,14 @@ def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threa
                     sampler, loader, bn_cases, manifest, regions)
 
 
-def _resume(t: _Trainer, run: TrainDir, log: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], float, int]:
+def _resume(t: _Trainer, run: TrainDir, world: int,
+            log: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], float, int]:
     """(records, best val Dice, its epoch) of the epochs a run folder's last.pt holds, its weights,
     optimiser and RNG loaded into `t`; ([], -1, 0) for a new run."""
     if not run.last_checkpoint.exists():
         return [], -1.0, 0
-    _check_same_run(t.cfg, run)
     state = load_checkpoint(run.last_checkpoint, map_location=t.device)
+    _check_same_run(t.cfg, run, world, state)
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scaler.load_state_dict(state["scaler"])
@@ -357,7 +357,8 @@ def _save_epoch(t: _Trainer, run: TrainDir, writer, records: list[dict[str, Any]
     save_checkpoint(run.last_checkpoint, {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
                                           "scaler": t.scaler.state_dict(), "epoch": record["epoch"],
                                           "best_val_dice": best, "best_epoch": best_epoch,
-                                          "torch_rng": torch.get_rng_state(), "metrics": records})
+                                          "torch_rng": torch.get_rng_state(), "metrics": records,
+                                          "config": t.cfg.to_dict()})
     write_json(run.metrics, records)
     for key, value in record.items():
         if key not in ("epoch", "workers", "end_ts"):
