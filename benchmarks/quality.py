@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -77,6 +78,24 @@ def markdown(runs: list[dict]) -> str:
         share = f"{100 * r['bn_stats_share']:.1f} %" if "bn_stats_share" in r else ""
         lines.append(f"| {r['name']} | {r['lr']:g} | {r['seed']} | {r['best']:.3f} | {r['last']:.3f} | "
                      f"{r['max_drop_after_10']:.3f} | {r['loop_s']:.1f} | {share} |")
+    return "\n".join(lines) + "\n\n" + by_config(runs)
+
+
+def by_config(runs: list[dict]) -> str:
+    """The README's table: one row per (run, lr), every seed's best and last, the largest drop over the
+    seeds, the median loop time and statistics share."""
+    lines = ["| run | lr | best, seeds " + " / ".join(str(s) for s in sorted({r["seed"] for r in runs}))
+             + " | last | largest drop after epoch 10 | loop s (median) | BN statistics share (median) |",
+             "|---|---:|---|---|---:|---:|---:|"]
+    for name, lr in dict.fromkeys((r["name"], r["lr"]) for r in runs):
+        group = sorted((r for r in runs if (r["name"], r["lr"]) == (name, lr)), key=lambda r: r["seed"])
+        shares = [r["bn_stats_share"] for r in group if "bn_stats_share" in r]
+        share = f"{100 * statistics.median(shares):.1f} %" if shares else ""
+        best = " / ".join(f"{r['best']:.3f}" for r in group)
+        last = " / ".join(f"{r['last']:.3f}" for r in group)
+        drop = max(r["max_drop_after_10"] for r in group)
+        loop_s = statistics.median(r["loop_s"] for r in group)
+        lines.append(f"| {name} | {lr:g} | {best} | {last} | {drop:.3f} | {loop_s:.1f} | {share} |")
     return "\n".join(lines) + "\n"
 
 
@@ -95,6 +114,9 @@ def arguments() -> argparse.Namespace:
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":  # the tables again, from a run's quality.json
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())["runs"]))
+        return
     args = arguments()
     jobs = [(lr, norm, seed) for lr in args.lrs for norm in ("bn", "gn", "plain bn") for seed in args.seeds]
     runs = []
