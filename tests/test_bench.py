@@ -220,6 +220,12 @@ def test_a_run_whose_trials_all_fail_is_recorded_and_the_bench_goes_on(tmp_path,
     assert [(r["mode"], r["workers"]) for r in bench["runs"]] == [("experiment", 1), ("experiment", 2), ("data", 1)]
     assert "failed, every trial" in capsys.readouterr().out
     assert "Failed: runs/data-w2-global-batch-r1" in (tmp_path / "bench" / "bench.md").read_text()
+    # A step was timed at every rank batch of the runs (2, and 1 for a global-batch rank of 2) before them.
+    assert set(bench["settings"]["step_s_by_batch"]) == {"1", "2"}
+    assert all(s > 0 for s in bench["settings"]["step_s_by_batch"].values())
+    # GPU workers: nothing timed on the driver's CPU, and bench.json says why.
+    gpu = B.run_bench(cache_dir, tmp_path / "gpu", **args, gpus_per_worker=1.0)
+    assert gpu["settings"]["step_s_by_batch"] == {} and "GPU" in gpu["settings"]["step_timing"]["skipped"]
 
     with pytest.raises(VoxtuneError, match="every 1-worker run failed.*BRATS_011"):
         B.run_bench(cache_dir, tmp_path / "all", **args)

@@ -85,6 +85,14 @@ def test_a_step_costs_what_was_timed_at_its_rank_batch_not_a_share_of_the_full_o
     assert M.compute_epoch_s(replace(m, batch_cost={}), 2, 1) == pytest.approx(2.25)  # linear where none was timed
 
 
+def test_a_bench_that_timed_no_step_leaves_the_step_linear_and_says_so():
+    bench = hand_bench()
+    bench["settings"]["step_s_by_batch"] = {}
+    m = M.calibrate(bench)
+    assert m.batch_cost == {} and m.step(1) == pytest.approx(m.step_s / 2)
+    assert "assumed: a step's cost linear in the rank batch" in P.format_constants(m)
+
+
 def test_a_slot_takes_the_next_trial_when_its_own_ends_not_when_the_wave_does():
     """Costs 1.6, 1, 1 on 2 workers (3 epochs of 4.5 s, no overheads): slot A runs the slow trial (21.6 s), slot
     B the other two back to back (27 s). Waves would say 21.6 + 13.5 = 35.1; a mean cost, 2 x 16.2 = 32.4."""

@@ -39,6 +39,8 @@ from voxtune.parallel import state
 from voxtune.parallel.modes import HYBRID_K, MODES, RECIPES, recipe_config
 from voxtune.provenance import code_version, git_commit
 
+# GPU workers' steps are not timed: the driver may hold no GPU, and a CPU's batch ratios are not a GPU's.
+NOT_TIMED = "GPU workers: the plan assumes a step linear in the rank batch"
 TARGET_RULE = "the median of every trial's best val Dice over all runs"  # default --target-dice
 
 
@@ -308,7 +310,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
     bench_dir.mkdir(parents=True, exist_ok=True)
     layout = BenchDir(bench_dir)
     timed = for_bench(base, manifest, {recipe_config(base.to_dict(), k, r)["batch_size"] for _, _, k, r in runs},
-                      cpus_per_worker)
+                      cpus_per_worker) if not gpus_per_worker else {"step_s_by_batch": {}, "skipped": NOT_TIMED}
     if 1 not in workers:
         print("bench: adding the 1-worker run: every speed-up is measured against it")
     if grid_repeats > 1:
