@@ -31,7 +31,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from voxtune.config import TrainConfig, make_config
 from voxtune.errors import VoxtuneError
-from voxtune.parallel.state import reason_of
+from voxtune.parallel.state import quiet_exit_in_finalisers, reason_of
 
 if TYPE_CHECKING:
     from voxtune.train.loop import Reporter
@@ -67,6 +67,7 @@ class Rank:
     def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> tuple[str, str, int]:
         import torch.distributed as dist
 
+        quiet_exit_in_finalisers()
         _join(dist.TCPStore(addr, port, world, False, timeout=_TIMEOUT), rank, world, backend)
         return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id(), os.getpid()
 

@@ -15,6 +15,7 @@ is atomic, so a reader sees the previous state or the next, never a mix.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,18 @@ def start_attempt(trial_dir: Path, trial_id: str, config: dict[str, Any], **fiel
 def end(trial_dir: Path, status: str, **fields: Any) -> dict[str, Any]:
     """A final state of this attempt (finished, stopped, error or interrupted) with its end time."""
     return write(trial_dir, status, end_ts=fields.pop("end_ts", time.time()), **fields)
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """sys.unraisablehook of trial and rank processes: Ray ends an actor with SIGTERM, and its handler
+    raises SystemExit wherever Python is, finalisers included, where Python can only print "Exception
+    ignored in ..." and a traceback that the driver's stderr then shows. That exit is the actor's end,
+    not an error: it is dropped; every other unraisable exception is printed as Python would."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def quiet_exit_in_finalisers() -> None:
+    sys.unraisablehook = _quiet_unraisable
+

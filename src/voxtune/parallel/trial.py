@@ -100,6 +100,7 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     """Train one trial: `config` (its searched values) over plan.config, on plan.workers_per_trial ranks."""
     global _GROUP
     t_start = time.time()
+    state.quiet_exit_in_finalisers()
     tune_id = tune.get_context().get_trial_id()
     out = trial_folder(plan, tune_id, config)
     out.mkdir(parents=True, exist_ok=True)
