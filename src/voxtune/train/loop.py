@@ -79,7 +79,7 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _check_same_run(cfg: TrainConfig, run: TrainDir, world: int, state: dict[str, Any]) -> None:
+def _check_same_run(cfg: TrainConfig, run: TrainDir, world: int, state: dict[str, Any], saved_world: int) -> None:
     """Refuse to resume a run whose saved config differs (other than a longer `epochs`). The ranks may
     change where the problem does not: the same global batch (batch_size x ranks: each rank takes its
     part of the same global batches, voxtune.data.loader.GlobalBatchSampler) and no lr x ranks."""
@@ -88,8 +88,6 @@ def _check_same_run(cfg: TrainConfig, run: TrainDir, world: int, state: dict[str
         return
     # The checkpoint's own config: rank 0 rewrites config.yaml as it starts, maybe before a peer reads it.
     saved = make_config(state.get("config") or read_yaml(saved_path)).to_dict()
-    records = [r for r in state["metrics"] if r["epoch"] <= state["epoch"]]
-    saved_world = (records or [{}])[-1].get("workers", 1)
     ours = cfg.to_dict()
     diff = [k for k in ours if k not in ("epochs", "batch_size") and saved.get(k) != ours[k]]
     if saved["batch_size"] * saved_world != cfg.batch_size * world:
@@ -260,14 +258,15 @@ def _resume(t: _Trainer, run: TrainDir, world: int,
     if not run.last_checkpoint.exists():
         return [], -1.0, 0
     state = load_checkpoint(run.last_checkpoint, map_location=t.device)
-    _check_same_run(t.cfg, run, world, state)
+    records = [r for r in state["metrics"] if r["epoch"] <= state["epoch"]]
+    _check_same_run(t.cfg, run, world, state, saved_world=(records or [{}])[-1].get("workers", 1))
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"].cpu())
     if log:
         log(f"resuming {run.path} after epoch {state['epoch']}")
-    return [r for r in state["metrics"] if r["epoch"] <= state["epoch"]], state["best_val_dice"], state["best_epoch"]
+    return records, state["best_val_dice"], state["best_epoch"]
 
 
 def _open_writer(t: _Trainer, run: TrainDir):
@@ -324,7 +323,8 @@ def _no_cases(t: _Trainer, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _recompute_bn_statistics(t: _Trainer, stop_if_aborted: Callable[[], None]) -> None:
     """BatchNorm running statistics of these weights, not momentum averages over past ones
-    (voxtune.train.batchnorm), from this epoch's shuffled shard of this rank."""
+    (voxtune.train.batchnorm), from the epoch's first bn_cases cases in the global batches one worker would
+    draw, this rank's part of each."""
     if not t.bn_cases:
         return
     use_amp, amp_dtype = t.amp
