@@ -26,21 +26,19 @@ def rank_batches(batch: int, extra: set[int]) -> list[int]:
     return sorted(x for x in out if 1 <= x <= batch)
 
 
-def time_steps(cfg, in_channels: int, out_channels: int, shape: list[int], batches: list[int],
+def time_steps(model, lr: float, in_channels: int, out_channels: int, shape: list[int], batches: list[int],
                threads: int) -> dict[str, Any]:
     """{"step_s_by_batch": {b: median seconds of TIMED steps}, "threads", "shape", "device"}; on the
     CPU (a GPU bench's driver may hold no GPU, and the GPU's step is what its runs measure anyway)."""
     import torch
     from monai.losses import DiceLoss
 
-    from voxtune.models import build_model
-
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
         torch.manual_seed(0)
-        model = build_model(cfg, in_channels, out_channels).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         loss_fn = DiceLoss(sigmoid=True)
         timed = {}
         for b in batches:
@@ -66,10 +64,10 @@ def for_bench(cfg, manifest: dict[str, Any], run_batches: set[int], threads: flo
     from voxtune.data.loader import divisible
     from voxtune.models import build_model
 
-    image_shape = manifest["cases"][0]["image_shape"]
-    divisor = build_model(cfg, image_shape[0], 1).divisor
-    shape = list(cfg.patch_size) if cfg.patch_size else divisible(image_shape[1:], divisor)
+    image_shape, out_channels = manifest["cases"][0]["image_shape"], len(region_names(manifest))
+    model = build_model(cfg, image_shape[0], out_channels)  # built once: its divisor sizes the input too
+    shape = list(cfg.patch_size) if cfg.patch_size else divisible(image_shape[1:], model.divisor)
     batches = rank_batches(cfg.batch_size, run_batches)
     print(f"bench: timing a training step at rank batch {', '.join(map(str, batches))} on {shape} "
           f"({WARMUP} + {TIMED} steps each)", flush=True)
-    return time_steps(cfg, image_shape[0], len(region_names(manifest)), shape, batches, int(threads))
+    return time_steps(model, cfg.lr, image_shape[0], out_channels, shape, batches, int(threads))
