@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Any
 
-WARMUP, TIMED = 1, 3
+WARMUP, ROUNDS = 2, 7
 
 
 def rank_batches(batch: int, extra: set[int]) -> list[int]:
@@ -28,8 +28,11 @@ def rank_batches(batch: int, extra: set[int]) -> list[int]:
 
 def time_steps(model, lr: float, in_channels: int, out_channels: int, shape: list[int], batches: list[int],
                threads: int) -> dict[str, Any]:
-    """{"step_s_by_batch": {b: median seconds of TIMED steps}, "threads", "shape", "device"}; on the
-    CPU (a GPU bench's driver may hold no GPU, and the GPU's step is what its runs measure anyway)."""
+    """{"step_s_by_batch": {b: median seconds}, "step_s_range": {b: [min, max]}, "threads", "shape",
+    "device"}; on the CPU (a GPU bench's driver may hold no GPU, and the GPU's step is what its runs
+    measure anyway). The batches take turns, one step each per round, so a spell of load on the
+    machine slows every batch alike instead of the one timed then (timed one after another, two
+    benches' batch-1 steps differed by 1.7x)."""
     import torch
     from monai.losses import DiceLoss
 
@@ -40,22 +43,22 @@ def time_steps(model, lr: float, in_channels: int, out_channels: int, shape: lis
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         loss_fn = DiceLoss(sigmoid=True)
-        timed = {}
-        for b in batches:
-            image = torch.randn(b, in_channels, *shape)
-            label = (torch.rand(b, out_channels, *shape) > 0.9).float()
-            seconds = []
-            for i in range(WARMUP + TIMED):
+        inputs = {b: (torch.randn(b, in_channels, *shape), (torch.rand(b, out_channels, *shape) > 0.9).float())
+                  for b in batches}
+        seconds: dict[int, list[float]] = {b: [] for b in batches}
+        for i in range(WARMUP + ROUNDS):
+            for b, (image, label) in inputs.items():
                 start = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(image), label).backward()
                 optimizer.step()
                 if i >= WARMUP:
-                    seconds.append(time.perf_counter() - start)
-            timed[str(b)] = statistics.median(seconds)
+                    seconds[b].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-    return {"step_s_by_batch": timed, "threads": max(1, threads), "shape": list(shape), "device": "cpu"}
+    return {"step_s_by_batch": {str(b): statistics.median(s) for b, s in seconds.items()},
+            "step_s_range": {str(b): [min(s), max(s)] for b, s in seconds.items()},
+            "threads": max(1, threads), "shape": list(shape), "device": "cpu"}
 
 
 def for_bench(cfg, manifest: dict[str, Any], run_batches: set[int], threads: float) -> dict[str, Any]:
@@ -69,5 +72,5 @@ def for_bench(cfg, manifest: dict[str, Any], run_batches: set[int], threads: flo
     shape = list(cfg.patch_size) if cfg.patch_size else divisible(image_shape[1:], model.divisor)
     batches = rank_batches(cfg.batch_size, run_batches)
     print(f"bench: timing a training step at rank batch {', '.join(map(str, batches))} on {shape} "
-          f"({WARMUP} + {TIMED} steps each)", flush=True)
+          f"({WARMUP} + {ROUNDS} rounds, one step of each batch a round)", flush=True)
     return time_steps(model, cfg.lr, image_shape[0], out_channels, shape, batches, int(threads))
