@@ -13,7 +13,7 @@
 #     bash benchmarks/bench_cpu.sh [WORKDIR]      (default WORKDIR: bench-cpu)
 #
 # Needs a quiet 2-core machine: other work on the box slows the 2-worker runs more than the 1-worker
-# run and shows up as lost speed-up; `uptime` before and after is printed. Takes ~35 minutes.
+# run and shows up as lost speed-up; `uptime` before and after is printed. Takes ~50 minutes.
 # Writes WORKDIR/bench/{bench.json,speedup.png,bench.md}, WORKDIR/plan.json, WORKDIR/other-batch/bench.json
 # and WORKDIR/check.json (the out-of-sample error).
 set -euo pipefail
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 WORK=${1:-bench-cpu}
 VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
 PY=${PY:-.venv/bin/python}
-EPOCHS=${EPOCHS:-20}
+EPOCHS=${EPOCHS:-30}
 if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
 uptime
 
