@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in the README, from scratch, one script after the other (~75 minutes on 2 CPU cores):
+# Every number in the README, from scratch, one script after the other (~2 hours on 2 CPU cores):
 #
 #     bash benchmarks/all.sh [WORKDIR]     (default WORKDIR: bench-all; must not exist)
 #
@@ -31,3 +31,4 @@ run cpu_batch "$PY" benchmarks/cpu_batch.py
 run precise_bn bash benchmarks/precise_bn.sh "$WORK/precise-bn"
 run same_problem bash benchmarks/same_problem.sh "$WORK/same-problem"
 run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"
+run bench_auto bash benchmarks/bench_auto.sh "$WORK/bench-auto"

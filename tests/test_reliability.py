@@ -69,15 +69,19 @@ def _finish(proc: subprocess.Popen, timeout: float = 300.0) -> tuple[int, str, s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, rank", [("experiment", 0), ("data", 1)])
+@pytest.mark.parametrize("mode, rank", [("experiment", 0), ("data", 1), ("auto", 1)])
 def test_killed_worker_is_retried_from_its_checkpoint(mode, rank, cache_dir, tmp_path):
-    """SIGKILL one rank mid-trial: the trial restarts from its last epoch, each epoch recorded once."""
+    """SIGKILL one rank mid-trial: the trial restarts from its last epoch, each epoch recorded once. (auto:
+    the trial alone on 2 workers has grown to 2 ranks; it loses the lent one and goes on.)"""
     run = tmp_path / "run"
-    proc = _tune(run, cache_dir, "lr: {grid: [0.002]}\n", "--mode", mode, "--workers", "2", "--epochs", "8")
+    proc = _tune(run, cache_dir, "lr: {grid: [0.002]}\n", "--mode", mode, "--workers", "2", "--epochs", "8",
+                 *(["--set", "batch_size=4"] if mode == "auto" else []))
+
+    after = 1 if mode == "auto" else 2  # (auto: grown at its first epoch end, maybe back at its second's)
 
     def running_at_epoch_2():
         for trial_id, info in _trials(run).items():
-            if len(_epochs(run, trial_id)) >= 2 and info["status"] == "running":
+            if len(_epochs(run, trial_id)) >= after and info["status"] == "running" and len(info["pids"]) > rank:
                 return trial_id, info
         return None
 
@@ -93,10 +97,11 @@ def test_killed_worker_is_retried_from_its_checkpoint(mode, rank, cache_dir, tmp
 
 
 @pytest.mark.slow
-def test_killed_job_resumes_without_redoing_finished_trials(cache_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["experiment", "auto"])
+def test_killed_job_resumes_without_redoing_finished_trials(mode, cache_dir, tmp_path):
     run = tmp_path / "run"
     space = "lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n"
-    proc = _tune(run, cache_dir, space, "--mode", "experiment", "--workers", "2", "--epochs", "4")
+    proc = _tune(run, cache_dir, space, "--mode", mode, "--workers", "2", "--epochs", "4")
 
     def one_finished_one_midway():
         trials = _trials(run)

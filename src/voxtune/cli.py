@@ -6,6 +6,7 @@ Ctrl-C exits 130. Heavy imports (torch, ray) happen inside the verbs so `--help`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -101,7 +102,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            f"{'; '.join(sorted(reasons)) or f'see {RunDir(args.out).leaderboard}'}")
     counts = ", ".join(f"{n} {'failed' if status == 'error' else status}" for status, n in summary["status"].items())
     print(f"{summary['trials']} trials: {counts} in {summary['wall_time_s'] or 0:.1f}s "
-          f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)"
+          + (f"(auto: {summary['workers']} workers, {summary['grown_trials']} trial(s) grew)" if summary["mode"] == "auto"
+             else f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
           + (f"; why each failed: {RunDir(args.out).leaderboard}" if summary["status"].get("error") else ""))
     run = RunDir(args.out)
     print(f"outputs: {run.leaderboard}  {run.best.name}  {run.summary.name}  {run.trials_dir.name}/<trial_id>/")
@@ -133,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(args.cache, args.out, workers=args.workers, modes=args.modes, trials=args.trials, space=args.space,
               workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
               gpus_per_worker=args.gpus_per_worker, base_config=base, address=args.address,
-              recipes=args.ddp_recipe, repeats=args.repeats, target_dice=args.target_dice)
+              recipes=args.ddp_recipe, repeats=args.repeats, target_dice=args.target_dice, scheduler=args.scheduler)
     return 0
 
 
@@ -142,6 +144,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.check:
         run_check(args.calibration, args.check, as_json=args.json)
+        return 0
+    if args.paper:
+        from voxtune.bench.plan import format_paper_auto, paper_auto
+
+        rows = paper_auto()
+        print(json.dumps(rows, indent=2) if args.json else format_paper_auto(rows))
         return 0
     if args.workers is None or args.trials is None:
         raise VoxtuneError("plan needs --workers N and --trials M (or --check BENCH.json with --calibration)")
@@ -233,10 +241,11 @@ def _training_verbs(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this process may use)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="hyperparameter search on Ray: experiment, data or hybrid parallelism")
+    p = sub.add_parser("tune", help="hyperparameter search on Ray: experiment, data, hybrid or auto parallelism")
     p.add_argument("--cache", help="cache folder made by `voxtune prepare`")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--mode", help="experiment | data | hybrid")
+    p.add_argument("--mode", help="experiment | data | hybrid | auto (trials start on one worker each; a worker "
+                                  "no waiting trial can use joins a running trial)")
     p.add_argument("--search", default="grid", help="grid | random | optuna")
     p.add_argument("--num-samples", type=int, help="grid: repeats of the grid; random/optuna: trials")
     p.add_argument("--scheduler", default="fifo", help="fifo | asha")
@@ -253,13 +262,14 @@ def _training_verbs(sub) -> None:
     p.add_argument("--cache", required=True)
     p.add_argument("--out", required=True, help="BENCH folder: bench.json, speedup.png, bench.md")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--modes", nargs="+", default=["experiment", "data"], help="experiment data hybrid")
+    p.add_argument("--modes", nargs="+", default=["experiment", "data"], help="experiment data hybrid auto")
     p.add_argument("--trials", type=int, default=4, help="M trials per search (first M of the space's grid)")
     p.add_argument("--ddp-recipe", nargs="+", default=[DEFAULT_RECIPE],
                    help=f"the DDP recipe(s) of the K > 1 runs, each a run of its own: {', '.join(RECIPES)}")
     _search_flags(p)
     _config_flags(p, epochs=4)
     p.add_argument("--repeats", type=int, default=1, help="runs per point; tables give median, min and max")
+    p.add_argument("--scheduler", default="fifo", help="fifo | asha (every run of the bench uses it)")
     p.add_argument("--target-dice", type=float,
                    help="time-to-target Dice (default: the median of every trial's best val Dice over all runs, "
                         "so that at least half the trials reach it)")
@@ -276,6 +286,9 @@ def _training_verbs(sub) -> None:
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the calibration's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--sweep", action="store_true", help="predicted speed-up from 1 to 256 workers")
+    p.add_argument("--paper", action="store_true",
+                   help="instead of planning: the paper's 32 trials on 8-64 GPUs under experiment, data and auto, "
+                        "FIFO and ASHA (default constants, not measured)")
     p.set_defaults(func=cmd_plan)
 
 

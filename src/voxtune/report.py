@@ -84,7 +84,8 @@ _TIMING = {"mode": "mode", "workers": "workers (W)", "workers_per_trial": "worke
            "concurrent_trials": "concurrent trials", "trials": "trials", "epochs": "epochs per trial",
            "search": "search", "scheduler": "scheduler", "nodes": "nodes",
            "wall_time_s": "search wall time (s)", "startup_s": "start-up until first trial trains (s)",
-           "ray_init_s": "Ray start (s)", "command_time_s": "whole command (s)", "interrupted": "interrupted"}
+           "ray_init_s": "Ray start (s)", "command_time_s": "whole command (s)", "interrupted": "interrupted",
+           "grown_trials": "trials that grew (auto)"}
 # Columns of leaderboard.csv the table leaves out: raw epoch timestamps are shown as a timeline.
 _HIDDEN = ("start_ts", "attempt_start_ts", "end_ts", "node_ip", "node")  # node: rank 0's, among `nodes`
 

@@ -102,6 +102,8 @@ def plan_runs(workers: list[int], modes: list[str], workers_per_trial: int | Non
         for mode in dict.fromkeys(modes):
             if mode == "experiment":
                 runs.append((mode, w, 1, None))
+            elif mode == "auto":  # starts at K = 1 and grows under global-batch (voxtune.parallel.auto)
+                runs.append((mode, w, 1, "global-batch"))
             elif mode == "data" or (w % k == 0 and k < w):
                 runs += [(mode, w, w if mode == "data" else k, r) for r in dict.fromkeys(recipes)]
     return runs
@@ -131,6 +133,7 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     wall = summary["wall_time_s"] or 0.0
     startup = summary["startup_s"] or 0.0
     train = [float(r["train_time_s"]) for r in rows if r.get("train_time_s", "") != ""]
+    busy = sum(e["epoch_time_s"] * e.get("workers", k) for e in epochs)  # worker-seconds (auto: K per epoch)
     epoch_time = sum(e["epoch_time_s"] for e in epochs)
     best = read_json(RunDir(run_dir).best, {})
     searched = [k for k in summary.get("searched") or [] if k != "seed"]  # repeats of a config share its cost
@@ -143,19 +146,22 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
         "trial_compute_s": sum(train) / len(train) if train else 0.0,
         "trial_outside_s": _later_outside(rows, summary["concurrent_trials"]),
         # Worker-seconds held but not in a training loop: start-up, between-trial gaps, the tail wave.
-        "idle_worker_s": summary["workers"] * wall - sum(train) * k,
+        "idle_worker_s": summary["workers"] * wall - busy,
         "per_epoch_s": epoch_time / len(epochs) if epochs else 0.0,
         "data_wait_share": sum(e["data_wait_s"] for e in epochs) / epoch_time if epoch_time else 0.0,
         "val_dice": {tid: max((e["val_dice"] for e in records), default=None) for tid, records in metrics.items()},
         # Each config's mean epoch and the order trials started in: the cost model's config costs and queue.
         "trial_epoch_s": {key(r): statistics.fmean(e["epoch_time_s"] for e in metrics[r["trial_id"]])
                           for r in rows if metrics[r["trial_id"]]},
-        "trial_order": [key(r) for r in sorted(rows, key=lambda r: float(r["start_ts"] or 0))],
+        "trial_order": [key(r) for r in (started := sorted(rows, key=lambda r: float(r["start_ts"] or 0)))],
+        "trial_epochs": [len(metrics[r["trial_id"]]) for r in started],  # fewer where ASHA stopped a trial
         "best_val_dice": max((e["val_dice"] for e in epochs), default=None),
         "test_dice": (best.get("test") or {}).get("test_dice"),
         # (seconds since the search's start, val Dice) of every epoch: time to a target is read off these.
         "curve": (curve := sorted((e["end_ts"] - summary["search_start_ts"], e["val_dice"]) for e in epochs)),
-        "anytime": anytime(curve),
+        "anytime": (best_so_far := anytime(curve)),
+        # When the search's final best model was trained (its epoch's end): what a user waits for.
+        "final_best_s": best_so_far[-1][0] if best_so_far else None,
     }
 
 
@@ -244,7 +250,7 @@ def _unless_interrupted(summary: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, Any], grid_repeats: int, base,
-                trials: int, cpus_per_worker: float, gpus_per_worker: float, address: str | None):
+                trials: int, cpus_per_worker: float, gpus_per_worker: float, address: str | None, scheduler: str):
     """Run every (mode, W, K, recipe) point `repeats` times: ({point: [measured repeat]}, [failed run])."""
     from voxtune.parallel.settings import SearchSettings
 
@@ -255,7 +261,7 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
         name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
         seed = repeat_seed(base.seed, rep)
         settings = SearchSettings(cache_dir=str(Path(cache).resolve()), mode=mode, space=shuffled_space(space, seed),
-                                  search="grid", num_samples=grid_repeats, scheduler="fifo", workers=w,
+                                  search="grid", num_samples=grid_repeats, scheduler=scheduler, workers=w,
                                   workers_per_trial=k if mode == "hybrid" else None,
                                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                                   base_config={**base.to_dict(), "seed": seed}, ddp_recipe=recipe if k > 1 else None)
@@ -287,7 +293,8 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
               space: str | dict[str, Any] = "paper", workers_per_trial: int | None = None,
               cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
               base_config: dict[str, Any] | None = None, address: str | None = None,
-              recipes: list[str] | None = None, repeats: int = 1, target_dice: float | None = None) -> dict[str, Any]:
+              recipes: list[str] | None = None, repeats: int = 1, target_dice: float | None = None,
+              scheduler: str = "fifo") -> dict[str, Any]:
     """Run every point of the benchmark `repeats` times; write bench.json, speedup.png, bench.md."""
     from voxtune.bench.tables import bench_markdown, write_plot
     from voxtune.parallel.space import load_space
@@ -296,6 +303,8 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
     runs = plan_runs(list(workers), list(modes), workers_per_trial, recipes)
     if repeats < 1:
         raise VoxtuneError(f"--repeats {repeats}: need at least 1")
+    if scheduler not in ("fifo", "asha"):
+        raise VoxtuneError(f"--scheduler {scheduler}: choose fifo or asha")
     if target_dice is not None and not 0 < target_dice <= 1:
         raise VoxtuneError(f"--target-dice {target_dice}: must be in (0, 1]")
     manifest = read_manifest(cache)
@@ -318,7 +327,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
               "(no sub-grid of the space has exactly that many points)")
 
     points, failed = _run_points(runs, repeats, layout, cache, sub, grid_repeats, base, trials,
-                                 cpus_per_worker, gpus_per_worker, address)
+                                 cpus_per_worker, gpus_per_worker, address, scheduler)
 
     if not any(w == 1 for _, w, _ in points):
         write_json(layout.bench_json, {"format": FORMAT, "runs": [], "failed_runs": failed})
@@ -336,7 +345,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         "settings": {
             "cache": str(Path(cache).resolve()), "trials": trials, "epochs": base.epochs, "grid_repeats": grid_repeats,
             "repeats": repeats, "configs": configs, "space": sub, "workers": sorted(set(workers) | {1}),
-            "modes": list(modes), "ddp_recipes": recipes, "hybrid_workers_per_trial": HYBRID_K if workers_per_trial is None
+            "modes": list(modes), "ddp_recipes": recipes, "scheduler": scheduler, "hybrid_workers_per_trial": HYBRID_K if workers_per_trial is None
             else workers_per_trial, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
             "address": address, "base_config": base.to_dict(), "target_dice": target,
             "target_dice_rule": "given" if target_dice is not None else TARGET_RULE,

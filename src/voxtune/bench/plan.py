@@ -21,7 +21,7 @@ from typing import Any
 from voxtune.bench.model import (ASSUMED, DEFAULTS, MakespanModel, calibrate, fitted_runs, rank_batch, run_label,
                                  steps)
 from voxtune.bench.record import read_bench
-from voxtune.bench.simulate import Trial, queue_of, schedule
+from voxtune.bench.simulate import Asha, Trial, queue_of, schedule
 from voxtune.errors import VoxtuneError
 from voxtune.parallel.modes import mode_of
 
@@ -29,12 +29,15 @@ PAPER_SPEEDUP = (12, 14)  # Berral et al. 2022: experiment parallelism, 32 trial
 
 
 def predict(m: MakespanModel, workers: int, trials: int, k: int, gpus_per_node: int | None = None,
-            queue: list[Trial] | None = None) -> dict[str, Any]:
+            queue: list[Trial] | None = None, auto: bool = False, asha: Asha | None = None) -> dict[str, Any]:
     """Predicted makespan of M trials (the calibration's configs in turn, unless `queue` says) on N
-    workers, K per trial, and the worker-seconds left idle."""
-    played = schedule(m, workers, k, queue if queue is not None else queue_of(m, trials), gpus_per_node)
-    return {"mode": mode_of(workers, k), "workers": workers, "workers_per_trial": k,
-            "concurrent_trials": played["concurrent_trials"], "waves": played["waves"],
+    workers, K per trial (auto: from 1, growing under global-batch), and the worker-seconds left idle."""
+    if auto:
+        m, k = replace(m, global_batch=True), 1
+    played = schedule(m, workers, k, queue if queue is not None else queue_of(m, trials), gpus_per_node, asha=asha,
+                      auto=auto)
+    return {"mode": "auto" if auto else mode_of(workers, k), "workers": workers, "workers_per_trial": k,
+            "concurrent_trials": played["concurrent_trials"], "waves": played["waves"], "grown": played["grown"],
             "idle_worker_s": played["idle_worker_s"], "predicted_wall_s": played["wall_s"]}
 
 
@@ -65,6 +68,7 @@ def plan(m: MakespanModel, workers: int, trials: int, gpus_per_node: int | None 
         raise VoxtuneError(f"--gpus-per-node {gpus_per_node}: need at least 1")
     serial = predict(m, 1, trials, 1, gpus_per_node)["predicted_wall_s"]
     preds = [predict(m, workers, trials, k, gpus_per_node) for k in splits(workers)]
+    preds += [predict(m, workers, trials, 1, gpus_per_node, auto=True)] if workers > 1 else []
     for p in preds:
         p["predicted_speedup"] = serial / p["predicted_wall_s"]
     best = min(preds, key=lambda p: (round(p["predicted_wall_s"], 6), p["workers_per_trial"]))
@@ -85,15 +89,19 @@ def sweep_speedups(m: MakespanModel, trials: int, gpus_per_node: int | None = No
                      "experiment": serial / predict(m, n, trials, 1, gpus_per_node)["predicted_wall_s"],
                      "data": serial / predict(m, n, trials, n, gpus_per_node)["predicted_wall_s"],
                      "hybrid": serial / best["predicted_wall_s"] if best else None,
+                     "auto": serial / predict(m, n, trials, 1, gpus_per_node, auto=True)["predicted_wall_s"],
                      "hybrid_k": best["workers_per_trial"] if best else None})
         n *= 2
     return rows
 
 
 def _repeat_queue(rep: dict[str, Any]) -> list[Trial] | None:
-    """The trials of one bench repeat in the order they started (None for an older bench.json)."""
+    """The trials of one bench repeat in the order they started, each with the epochs it trained (ASHA's
+    stops as measured, not simulated: they depend on Dice values no cost model knows); None for an
+    older bench.json."""
     order = rep.get("trial_order")
-    return [Trial(c) for c in order] if order else None
+    epochs = rep.get("trial_epochs") or [None] * len(order or [])
+    return [Trial(c, epochs=e) for c, e in zip(order, epochs)] if order else None
 
 
 def predict_runs(m: MakespanModel, bench: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,9 +124,9 @@ def predict_runs(m: MakespanModel, bench: dict[str, Any]) -> list[dict[str, Any]
                 continue
             seen.add(key)
             run_model = replace(m, global_batch=r.get("ddp_recipe") == "global-batch")
-            k = r["workers_per_trial"]
+            k, auto = r["workers_per_trial"], r["mode"] == "auto" and r["workers"] > 1
             predicted = statistics.median(
-                predict(run_model, r["workers"], trials, k, queue=_repeat_queue(rep))["predicted_wall_s"]
+                predict(run_model, r["workers"], trials, k, queue=_repeat_queue(rep), auto=auto)["predicted_wall_s"]
                 for rep in (r.get("repeats") or [{}]))
             fitted = run_label(r) in used
             out.append({"run": run_label(r), "mode": r["mode"], "ddp_recipe": r.get("ddp_recipe"),
@@ -238,6 +246,33 @@ def paper_prediction(trials: int = 32, gpus_per_node: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper_auto(trials: int = 32, gpus_per_node: int = 4, gpus: tuple[int, ...] = (8, 16, 32, 64)) -> list[dict[str, Any]]:
+    """The default model's wall time for the paper's search under experiment, data and auto, FIFO and ASHA
+    (voxtune's ASHA: grace epochs/4, eta 2). ASHA ranks trials by a quality the model cannot know; here
+    trial i of the queue has quality (7 i mod 32) / 32, a fixed shuffle, the same for every mode."""
+    queue = [Trial(quality=(7 * i % trials) / trials) for i in range(trials)]
+    rows = []
+    for scheduler, asha in (("fifo", None), ("asha", Asha.of(DEFAULTS.epochs))):
+        for n in gpus:
+            walls = {"experiment": predict(DEFAULTS, n, trials, 1, gpus_per_node, queue, asha=asha),
+                     "data": predict(DEFAULTS, n, trials, n, gpus_per_node, queue, asha=asha),
+                     "auto": predict(DEFAULTS, n, trials, 1, gpus_per_node, queue, auto=True, asha=asha)}
+            rows.append({"scheduler": scheduler, "gpus": n, **{k: v["predicted_wall_s"] for k, v in walls.items()},
+                         "auto_grown": walls["auto"]["grown"]})
+    return rows
+
+
+def format_paper_auto(rows: list[dict[str, Any]]) -> str:
+    """Markdown of paper_auto: hours per mode, and auto against the better fixed mode."""
+    lines = ["| scheduler | GPUs | experiment h | data h (paper's: lr x K) | auto h | auto / best fixed | trials grown |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        best = min(r["experiment"], r["data"])
+        lines.append(f"| {r['scheduler']} | {r['gpus']} | {r['experiment'] / 3600:.2f} | {r['data'] / 3600:.2f} | "
+                     f"{r['auto'] / 3600:.2f} | {r['auto'] / best:.2f} | {r['auto_grown']} |")
+    return "\n".join(lines)
+
+
 def format_plan(result: dict[str, Any]) -> str:
     header = ["mode", "K", "trials at once", "waves", "predicted wall", "speed-up", "idle worker-h"]
     table = [[p["mode"], str(p["workers_per_trial"]), str(p["concurrent_trials"]), str(p["waves"]),
@@ -255,10 +290,11 @@ def format_plan(result: dict[str, Any]) -> str:
 
 def format_sweep(rows: list[dict[str, Any]], m: MakespanModel, trials: int) -> str:
     out = [f"predicted speed-up vs 1 worker, {trials} trials (model: {m.source})",
-           f"{'workers':>7}  {'experiment':>10}  {'data':>8}  {'hybrid (K)':>12}"]
+           f"{'workers':>7}  {'experiment':>10}  {'data':>8}  {'hybrid (K)':>12}  {'auto':>8}"]
     for r in rows:
         hyb = f"x{r['hybrid']:.2f} ({r['hybrid_k']})" if r["hybrid"] else "-"
-        out.append(f"{r['workers']:>7}  {'x%.2f' % r['experiment']:>10}  {'x%.2f' % r['data']:>8}  {hyb:>12}")
+        out.append(f"{r['workers']:>7}  {'x%.2f' % r['experiment']:>10}  {'x%.2f' % r['data']:>8}  {hyb:>12}  "
+                   f"{'x%.2f' % r['auto']:>8}")
     return "\n".join(out)
 
 

@@ -36,7 +36,7 @@ def time_to_target(curve: list[list[float]], target: float) -> float | None:
 
 
 _TIMES = ("wall_s", "startup_s", "wall_after_startup_s", "trial_compute_s", "per_epoch_s", "idle_worker_s",
-          "data_wait_share", "command_s", "ray_init_s")
+          "data_wait_share", "command_s", "ray_init_s", "final_best_s")
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -53,9 +53,9 @@ def bench_rows(points: dict[tuple[str, int, str | None], list[dict[str, Any]]], 
         for r in reps:
             r["time_to_target_s"] = time_to_target(r["curve"], target)
         first = reps[0]
-        row = {"mode": mode, "ddp_recipe": recipe if first["workers_per_trial"] > 1 else None,
+        row = {"mode": mode, "ddp_recipe": recipe if first["workers_per_trial"] > 1 or mode == "auto" else None,
                **{k: first[k] for k in ("workers", "workers_per_trial", "concurrent_trials", "trials", "epochs")},
-               **{k: _median([r[k] for r in reps]) for k in _TIMES},
+               **{k: _median([r.get(k) for r in reps]) for k in _TIMES},
                "trial_outside_s": _median([r["trial_outside_s"] for r in reps]),
                "wall_s_min": min(r["wall_s"] for r in reps), "wall_s_max": max(r["wall_s"] for r in reps),
                "best_val_dice": _median([r["best_val_dice"] for r in reps]),

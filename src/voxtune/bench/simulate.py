@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxtune.bench.model import MakespanModel, epoch_s
+from voxtune.parallel.modes import GOODPUT_GAIN
 
 _DONE = 1e-9  # share of an epoch (or seconds) left below which it has ended: float sums never land on 0 exactly
 
@@ -57,26 +58,31 @@ def _cutoff(values: list[float], eta: int) -> float | None:
 
 
 def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_per_node: int | None = None,
-             asha: Asha | None = None) -> dict[str, Any]:
+             asha: Asha | None = None, auto: bool = False) -> dict[str, Any]:
     """{"wall_s", "training_worker_s", "idle_worker_s", "ends" (each trial's, in queue order), "epochs"
-    (each trial's, fewer where ASHA stopped it), "concurrent_trials", "waves"}."""
+    (each trial's, fewer where ASHA stopped it), "concurrent_trials", "waves", "grown" (trials that
+    grew)}. auto: trials start on one worker each (k is 1) and regrow at epoch ends as
+    voxtune.parallel.auto decides (grow_to), each regroup costing group_startup_s."""
     slots = workers // k
     on_node = (lambda w: w) if gpus_per_node is None else (lambda w: min(w, gpus_per_node))
     queue = deque(enumerate(trials))
     now = m.startup(on_node(min(slots, len(trials)) * k), k)
-    # [phase ("train": share of this epoch left, "over": seconds left), left, index, trial, epochs done]
+    # [phase ("train": share of this epoch left; "over", "regroup": seconds left), left, index, trial,
+    #  epochs done, K]
     running: list[list[Any]] = []
     ends, trained = [0.0] * len(trials), [0] * len(trials)
     rungs: dict[int, list[float]] = {}
     training = 0.0
+    grown: set[int] = set()
 
     def start_next() -> None:
-        if queue:
+        while queue and (sum(r[5] for r in running) < workers if auto else len(running) < slots):
             i, trial = queue.popleft()
-            running.append(["train", 1.0, i, trial, 0])
+            running.append(["train", 1.0, i, trial, 0, k])
 
     def next_epoch(r: list[Any]) -> None:
-        """After an epoch: ASHA's verdict at a rung, then the next epoch or the trial's overhead."""
+        """After an epoch: ASHA's verdict at a rung, then the next epoch (auto: on the K grow_to gives)
+        or the trial's overhead."""
         r[4] += 1
         last = r[3].epochs or m.epochs
         stop = r[4] >= last
@@ -85,34 +91,68 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
             cutoff = _cutoff(recorded, asha.eta)
             recorded.append(r[3].quality)
             stop = cutoff is not None and r[3].quality < cutoff
-        r[0], r[1] = ("over", m.overhead(k)) if stop else ("train", 1.0)
+        if stop:
+            r[0], r[1] = "over", m.overhead(r[5])
+            return
+        new_k = grow_to(m, r, running, workers, bool(queue), gpus_per_node) if auto else r[5]
+        if new_k > r[5]:
+            grown.add(r[2])
+        r[0], r[1], r[5] = ("regroup", m.group_startup_s, new_k) if new_k != r[5] else ("train", 1.0, r[5])
 
-    for _ in range(slots):
-        start_next()
+    start_next()
     while running:
-        busy = on_node(k * sum(r[0] == "train" for r in running))
-        seconds = [r[1] * epoch_s(m, k, busy, r[3].config, gpus_per_node) if r[0] == "train" else r[1]
+        busy = on_node(sum(r[5] for r in running if r[0] == "train"))
+        seconds = [r[1] * epoch_s(m, r[5], busy, r[3].config, gpus_per_node) if r[0] == "train" else r[1]
                    for r in running]
         dt = min(seconds)
         now += dt
-        for r, s in zip(running, seconds):
+        for r, sec in zip(running, seconds):
             if r[0] == "train":
-                training += k * dt
-                r[1] = 0.0 if s - dt <= _DONE * max(1.0, s) else r[1] * (s - dt) / s
+                training += r[5] * dt
+                r[1] = 0.0 if sec - dt <= _DONE * max(1.0, sec) else r[1] * (sec - dt) / sec
             else:
                 r[1] = max(0.0, r[1] - dt)
         for r in list(running):
             if r[1] > _DONE:
                 continue
+            if r[0] == "regroup":
+                r[0], r[1] = "train", 1.0
+                continue
             if r[0] == "train":
                 next_epoch(r)
-                if r[0] == "train" or r[1] > _DONE:
+                if r[0] != "over" or r[1] > _DONE:
                     continue
             running.remove(r)
             ends[r[2]], trained[r[2]] = now, r[4]
             start_next()
+    concurrent = workers if auto else slots
     return {"wall_s": now, "training_worker_s": training, "idle_worker_s": workers * now - training, "ends": ends,
-            "epochs": trained, "concurrent_trials": slots, "waves": math.ceil(len(trials) / slots)}
+            "epochs": trained, "concurrent_trials": concurrent, "waves": math.ceil(len(trials) / concurrent),
+            "grown": len(grown)}
+
+
+def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: int, waiting: bool,
+            gpus_per_node: int | None = None) -> int:
+    """voxtune.parallel.auto's rule for trial r at its epoch end: lent workers go back while a trial waits;
+    else the best trial (Trial.quality, then queue order) of those whose epoch the model says a larger
+    K (dividing the batch, within the free workers) makes faster by GOODPUT_GAIN, saving more over its
+    remaining epochs than a regroup costs (group_startup_s), takes the largest such K."""
+    if waiting:
+        return 1
+    free = workers - sum(x[5] for x in running)
+    training = [x for x in running if x[0] != "over"]
+    busy = sum(x[5] for x in training)
+
+    def paying(x: list[Any]) -> list[int]:  # faster by GOODPUT_GAIN, and saving more than the regroup costs
+        now_s, left = epoch_s(m, x[5], busy, x[3].config, gpus_per_node), (x[3].epochs or m.epochs) - x[4]
+        grown = {n: epoch_s(m, n, busy + n - x[5], x[3].config, gpus_per_node)
+                 for n in range(x[5] + 1, x[5] + free + 1) if m.batch_size % n == 0 and n <= m.train_cases}
+        return [n for n, s in grown.items() if s < GOODPUT_GAIN * now_s and (now_s - s) * left > m.group_startup_s]
+
+    can_grow = [x for x in training if paying(x)]
+    if not can_grow or max(can_grow, key=lambda x: (x[3].quality, -x[2])) is not r:
+        return r[5]
+    return max(paying(r))
 
 
 def queue_of(m: MakespanModel, trials: int) -> list[Trial]:

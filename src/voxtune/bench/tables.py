@@ -143,10 +143,11 @@ def bench_markdown(bench: dict[str, Any]) -> str:
            f"DDP recipe(s): {recipes}.",
            "",
            _table(["mode", "workers", "K", "trials at once", "wall s, median [min-max]", "speed-up",
-                   f"time to Dice {s['target_dice']:.3f} s", "best val Dice", "test Dice", "start-up s",
+                   f"time to Dice {s['target_dice']:.3f} s", "final best s", "best val Dice", "test Dice", "start-up s",
                    "s/epoch", "idle worker-s", "data wait", "runs"],
                   [[label(r), r["workers"], r["workers_per_trial"], r["concurrent_trials"], _span(r, "wall_s"),
-                    r["speedup"], _to_target(r), r["best_val_dice"], r["test_dice"], r["startup_s"], r["per_epoch_s"],
+                    r["speedup"], _to_target(r), r.get("final_best_s"), r["best_val_dice"], r["test_dice"], r["startup_s"],
+                    r["per_epoch_s"],
                     r["idle_worker_s"], f"{100 * r['data_wait_share']:.1f}%",
                     "/".join(sorted({x["how"] for x in r["repeats"]}))] for r in bench["runs"]]),
            "",
@@ -156,8 +157,10 @@ def bench_markdown(bench: dict[str, Any]) -> str:
            "1-worker median wall over this one's. Time to Dice: Ray up until some trial first validated at or above "
            f"the target ({s['target_dice_rule']}); (n/m): reached in n of m repeats. Best val Dice: the search's best "
            "trial; test Dice: its best checkpoint on the test split. Start-up: Ray up to the first epoch's start "
-           "(Tune, worker processes, imports, DDP groups, data checks). Idle worker-s: workers x wall - trial "
-           "training time x K. DDP recipes: global-batch = each of the K ranks takes batch/K, the same problem as 1 "
+           "(Tune, worker processes, imports, DDP groups, data checks). Final best: Ray up until the epoch that "
+           "trained the search's best model ended. Idle worker-s: workers x wall - every epoch's time x the "
+           "workers that trained it. Auto: trials start on one worker each and grow (global-batch) onto workers "
+           "no waiting trial can use. DDP recipes: global-batch = each of the K ranks takes batch/K, the same problem as 1 "
            "worker; scale-lr = each rank takes the full batch, lr x K (the paper's). Runs: ran, reused (same "
            "settings and code) or resumed.",
            *([""] + [f"Failed: {f['run']}, every trial ({'; '.join(f['reasons']) or 'see its leaderboard'}); "

@@ -120,29 +120,62 @@ class WorkerGroup:
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
         self.group_id = uuid.uuid4().hex[:12]  # lets tests and logs see which trials shared a group
         self.ranks: list[Any] = []
+        self.lent = None  # --mode auto: the placement group of the ranks lent to this trial
         here = ray.is_initialized()
         self.nodes = [ray.util.get_node_ip_address()] if here else [socket.gethostname()]  # rank order
         self.node_ids = [ray.get_runtime_context().get_node_id()] if here else [socket.gethostname()]
         self.pids = [os.getpid()]  # rank order; lets an operator (or a test) find a rank's process
-        if workers == 1:
-            return
-        pg = ray.util.get_current_placement_group()
+        if workers > 1:
+            pg = ray.util.get_current_placement_group()
+            self._start_peers([(pg, i) for i in range(1, workers)])
+
+    def _start_peers(self, bundles: list[tuple[Any, int]]) -> None:
+        """Ranks 1..K-1 as Rank actors in `bundles` ((placement group, bundle index) each), joined with
+        this process as rank 0 in a new process group of K = len(bundles) + 1."""
+        workers = len(bundles) + 1
         # NCCL wants one rank per GPU; ranks packed onto a shared GPU (fractions) fall back to gloo.
         # Ray tells whether this actor holds a GPU without importing torch (which would delay the peers).
-        backend = "nccl" if gpus >= 1 and ray.get_runtime_context().get_accelerator_ids().get("GPU") else "gloo"
+        backend = ("nccl" if self.gpus >= 1 and ray.get_runtime_context().get_accelerator_ids().get("GPU")
+                   else "gloo")
         addr = ray.util.get_node_ip_address()
         store = master_store(addr, workers)
         self.ranks = [
-            Rank.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            Rank.options(num_cpus=self.cpus, num_gpus=self.gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=i)).remote()
-            for i in range(1, workers)
+            for pg, i in bundles
         ]
         joined = [r.setup.remote(addr, store.port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
         _join(store, 0, workers, backend)  # imports torch and MONAI here while the peers do too
+        self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
         for node, node_id, pid in ray.get(joined):
             self.nodes.append(node)
             self.node_ids.append(node_id)
             self.pids.append(pid)
+        self.workers = workers
+
+    def resize(self, workers: int, wait_s: float = 10.0) -> int:
+        """--mode auto, between two fits of a trial: rank 0 (this process, in the trial's own one-bundle
+        placement group) and workers - 1 ranks in a placement group reserved now from Ray (PACK: one
+        node where it can, several where it must). Returns the K the group has: the old one when Ray
+        cannot reserve the bundles within wait_s (a waiting trial took them first). The placement group
+        fate-shares with this actor: a trial that dies gives its lent workers back with it."""
+        if workers == self.workers:
+            return workers
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        lent = None
+        if workers > 1:
+            bundle = {"CPU": self.cpus} | ({"GPU": self.gpus} if self.gpus else {})
+            lent = placement_group([bundle] * (workers - 1), strategy="PACK")
+            ready, _ = ray.wait([lent.ready()], timeout=wait_s)
+            if not ready:
+                remove_placement_group(lent)
+                return self.workers
+        self.close()
+        self.lent, self.workers = lent, 1
+        if lent is not None:
+            self._start_peers([(lent, i) for i in range(workers - 1)])
+        return self.workers
 
     def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
         """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary;
@@ -176,8 +209,15 @@ class WorkerGroup:
             ray.kill(r)
 
     def close(self) -> None:
+        """Ends the peers and the process group, and gives back the lent placement group (auto)."""
         self.kill_peers()
         self.ranks = []
+        self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
+        if self.lent is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.lent)
+            self.lent = None
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -2,7 +2,10 @@
 
     experiment  W trials at once, 1 worker each;
     data        1 trial at a time over W DDP workers;
-    hybrid      W/K trials at once, K DDP workers each (1 < K < W, K divides W).
+    hybrid      W/K trials at once, K DDP workers each (1 < K < W, K divides W);
+    auto        W trials at once, 1 worker each to start; a worker no waiting trial can use joins a
+                running trial's DDP group at its next epoch boundary (voxtune.parallel.auto), under
+                global-batch only, so K must divide batch_size (auto_sizes).
 
 A trial over K > 1 workers trains a problem chosen by its DDP recipe:
     global-batch  each of the K ranks takes batch_size / K: the global batch, the steps per epoch and
@@ -20,10 +23,13 @@ from typing import Any
 
 from voxtune.errors import VoxtuneError
 
-MODES = ("experiment", "data", "hybrid")
+MODES = ("experiment", "data", "hybrid", "auto")
 RECIPES = ("global-batch", "scale-lr", "per-rank")
 DEFAULT_RECIPE = "global-batch"
 HYBRID_K = 2  # bench's K for hybrid runs when --workers-per-trial is not given
+# Auto keeps a trial's growth when its first epoch at the new K takes at most this share of its last
+# one at the old K (voxtune.parallel.auto; voxtune.bench.simulate plays the same rule).
+GOODPUT_GAIN = 0.95
 
 
 def workers_per_trial(mode: str, workers: int, k: int | None = None) -> int:
@@ -33,15 +39,23 @@ def workers_per_trial(mode: str, workers: int, k: int | None = None) -> int:
         raise VoxtuneError(f"unknown --mode '{mode}'; choose one of {', '.join(MODES)}")
     if mode == "experiment" and k not in (None, 1):
         raise VoxtuneError("--mode experiment runs one worker per trial; drop --workers-per-trial or use hybrid")
+    if mode == "auto" and k is not None:
+        raise VoxtuneError("--mode auto chooses each trial's workers as the search runs; drop --workers-per-trial "
+                           "(or use --mode hybrid for a fixed K)")
     if mode == "data" and k not in (None, workers):
         raise VoxtuneError(f"--mode data runs every trial over all --workers {workers}; drop "
                            "--workers-per-trial or use --mode hybrid")
-    per_trial = {"experiment": 1, "data": workers}.get(mode, k)
+    per_trial = {"experiment": 1, "auto": 1, "data": workers}.get(mode, k)
     if per_trial is None:
         raise VoxtuneError("--mode hybrid needs --workers-per-trial K (DDP workers in each trial)")
     if per_trial < 1 or workers % per_trial:
         raise VoxtuneError(f"--workers-per-trial {per_trial} must divide --workers {workers}")
     return per_trial
+
+
+def auto_sizes(workers: int, batch_size: int) -> list[int]:
+    """The K an auto trial may train on: 1, and every K <= W that global-batch can split batch_size over."""
+    return [k for k in range(1, workers + 1) if batch_size % k == 0]
 
 
 def mode_of(workers: int, k: int) -> str:

@@ -21,6 +21,16 @@ def training_totals(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records)}
 
 
+def worker_history(records: list[dict[str, Any]], default: Any = "") -> Any:
+    """The workers that trained a trial: their number when it never changed (as in every fixed mode),
+    else where each K began, e.g. "1@e1 2@e7" (--mode auto: 1 worker from epoch 1, 2 from epoch 7)."""
+    changes = [(r["epoch"], r.get("workers", 1)) for i, r in enumerate(records)
+               if i == 0 or r.get("workers", 1) != records[i - 1].get("workers", 1)]
+    if len(changes) <= 1:
+        return changes[0][1] if changes else default
+    return " ".join(f"{k}@e{epoch}" for epoch, k in changes)
+
+
 def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -> float | None:
     """When the first epoch that ended after `since` (a search's start) began, over every trial: the end
     of a search's start-up (workers, imports, DDP groups, model build), or None when none trained."""
@@ -49,7 +59,7 @@ def trial_rows(run_dir: Path, searched: list[str]) -> list[dict[str, Any]]:
                     "node": info.get("node", ""),  # rank 0's; nodes: every rank's
                     "nodes": ";".join(dict.fromkeys(info.get("nodes") or [info.get("node", "")])),
                     "node_ip": info.get("node_ip", ""),
-                    "workers": info.get("workers", ""), "setup_s": round(info.get("setup_s", 0.0), 3),
+                    "workers": worker_history(records, info.get("workers", "")), "setup_s": round(info.get("setup_s", 0.0), 3),
                     "start_ts": info.get("start_ts", ""), "attempt_start_ts": info.get("attempt_start_ts", ""),
                     "end_ts": info.get("end_ts", ""), "reason": info.get("reason", "")})
         rows.append(row)

@@ -20,6 +20,14 @@ SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
 
 
+def pool_name(run_dir: str | Path) -> str:
+    """--mode auto: the name of the search's Pool actor (voxtune.parallel.auto), one per run folder, so a
+    resumed search's restored callbacks find the new one."""
+    import hashlib
+
+    return "voxtune-auto-" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class TrialPlan:
     """What a trial needs to run: where, on what, with how many workers, and its base train config
@@ -34,6 +42,7 @@ class TrialPlan:
     searched: tuple[str, ...]
     folders: dict[str, str]  # {config_key: folder}: a search resumed without Tune's state continues there
     search_id: str  # one per run of the driver: a trial's own error is final within it
+    auto_pool: str | None = None  # --mode auto: the named actor that decides every trial's K
 
 
 @dataclass
@@ -78,13 +87,15 @@ class SearchSettings:
         if count_trials(self.space, self.search, self.num_samples) < 1:
             raise VoxtuneError("the search space yields no trials")
         recipe = self.ddp_recipe
-        if recipe is not None and k == 1:
+        if self.mode == "auto":
+            recipe = self._auto_recipe(base)
+        elif recipe is not None and k == 1:
             raise VoxtuneError(f"--ddp-recipe {recipe}: a trial of one worker has no DDP ranks to split a batch "
                                "over; drop it (or use --mode data or hybrid)")
         if recipe is not None and base.scale_lr and recipe != "scale-lr":
             raise VoxtuneError(f"config key 'scale_lr': true is the scale-lr recipe, but --ddp-recipe is {recipe}; "
                                "drop one of them")
-        if recipe is None and k > 1:
+        if recipe is None and k > 1 and self.mode != "auto":
             recipe = "scale-lr" if base.scale_lr else modes.DEFAULT_RECIPE
         losses = self.space.get("loss", base.loss)
         losses = next(iter(losses.values())) if isinstance(losses, dict) else [losses]
@@ -92,22 +103,45 @@ class SearchSettings:
             raise VoxtuneError("loss batch_dice under --ddp-recipe global-batch: each rank would take one Dice over "
                                "its own part of the batch, not the global batch's, so the trial would not train the "
                                "1-worker problem; use loss dice (per case) or --ddp-recipe scale-lr (the paper's)")
-        checked = replace(self, workers_per_trial=k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()))
+        checked = replace(self, workers_per_trial=None if self.mode == "auto" else k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()))
         checked.trial_config()  # a batch the recipe cannot split is refused before anything runs
         return checked
+
+    def _auto_recipe(self, base: TrainConfig) -> str:
+        """Auto grows trials under global-batch only: the same problem whatever K, so a trial's result does
+        not depend on when it grew. Anything else is refused."""
+        if self.ddp_recipe not in (None, "global-batch"):
+            raise VoxtuneError(f"--mode auto grows trials under --ddp-recipe global-batch only (a trial's result must not "
+                               f"depend on when it grew), not {self.ddp_recipe}; drop --ddp-recipe or use --mode hybrid")
+        if base.scale_lr or "scale_lr" in self.space:
+            raise VoxtuneError("--mode auto grows trials under global-batch, and scale_lr changes the lr with K; "
+                               "drop scale_lr from the config and the space")
+        return "global-batch"
+
+    def batch_one_note(self) -> str | None:
+        """One line before a search whose CPU ranks would each take batch 1 (global-batch over K = batch_size):
+        torch 2.13 runs a batch-1 Conv3d outside oneDNN, so such a rank is slow; None otherwise."""
+        k, batch = self.per_trial(), make_config(self.base_config).batch_size
+        if self.gpus_per_worker or k == 1 or self.ddp_recipe != "global-batch" or batch // k != 1:
+            return None
+        return (f"note: each of the {k} DDP ranks of a trial takes batch 1 ({batch} / {k}); on CPU workers a batch-1 "
+                "step of the 3D U-Net costs about as much as a batch-4 one (README, benchmarks/cpu_batch.py), so "
+                f"this trial may run slower than on one worker; batch_size {2 * k} (2 per rank) would not")
 
     def per_trial(self) -> int:
         return modes.workers_per_trial(self.mode, self.workers, self.workers_per_trial)
 
     def trial_config(self) -> TrainConfig:
-        """The base train config of every rank of a trial: the command's, under the DDP recipe."""
+        """The base train config of every rank of a trial: the command's, under the DDP recipe (auto: the
+        1-worker config; the trial splits its batch when it grows)."""
         base = make_config(self.base_config).to_dict()
         return make_config(modes.recipe_config(base, self.per_trial(), self.ddp_recipe))
 
     def plan(self, run_dir: str | Path, folders: dict[str, str], search_id: str) -> TrialPlan:
         return TrialPlan(run_dir=str(run_dir), cache_dir=self.cache_dir, config=self.trial_config(),
                          workers_per_trial=self.per_trial(), cpus=self.cpus_per_worker, gpus=self.gpus_per_worker,
-                         searched=tuple(self.trial_space()), folders=dict(folders), search_id=search_id)
+                         searched=tuple(self.trial_space()), folders=dict(folders), search_id=search_id,
+                         auto_pool=pool_name(run_dir) if self.mode == "auto" else None)
 
     def trial_space(self) -> dict[str, Any]:
         """The space the trials sample: grid repeats (--num-samples N) become a grid over N seeds

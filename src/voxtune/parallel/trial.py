@@ -28,7 +28,7 @@ from voxtune.config import make_config
 from voxtune.errors import VoxtuneError
 from voxtune.files import DiskFull, read_json
 from voxtune.layout import RunDir, TrialDir
-from voxtune.parallel import outputs, state
+from voxtune.parallel import modes, outputs, state
 from voxtune.parallel.ddp import WorkerGroup
 from voxtune.parallel.settings import TrialPlan
 
@@ -115,9 +115,11 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
         raise TrialFailed(info["reason"])  # Tune's retry of a final error: nothing to train
     state.start_attempt(out, out.name, config, tune_trial_id=tune_id, workers=plan.workers_per_trial,
                         node=ray.get_runtime_context().get_node_id())
+    pool = _join_pool(plan, tune_id, cfg.batch_size)
 
     reported: list[int] = []  # epochs reported in this attempt
     stopped_by_tune = False
+    regroup, regrouped = asked = ([], [])  # auto: [the K the Pool asked for], [when the fit stopped for it]
 
     def report(record: dict[str, Any]) -> bool:
         nonlocal stopped_by_tune
@@ -131,17 +133,20 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
             state.end(out, "finished" if record["epoch"] >= cfg.epochs else "stopped",
                       **outputs.training_totals(read_json(TrialDir(out).metrics, [])))
             return True
-        return False
+        if pool is not None and record["epoch"] < cfg.epochs:
+            regroup.extend(_regroup(pool, tune_id, record, cfg, regrouped))
+        return bool(regroup)  # True: every rank stops after this epoch; the trial continues on the new K
 
     try:
         if _GROUP is None:
             _GROUP = WorkerGroup(plan.workers_per_trial, plan.cpus, plan.gpus)
         state.write(out, node_ip=_GROUP.nodes[0], nodes=_GROUP.node_ids, node_ips=_GROUP.nodes,
                     group_id=_GROUP.group_id, pids=_GROUP.pids, setup_s=time.time() - t_start)
-        summary = _GROUP.fit(cfg, plan.cache_dir, out, report)
+        summary = (_GROUP.fit(cfg, plan.cache_dir, out, report) if pool is None
+                   else _fit_growing(_GROUP, cfg, plan, out, report, asked, pool, tune_id))
     except VoxtuneError as exc:
         # The one place a trial's own error ends it, at whatever epoch: recorded, then raised to Tune.
-        _GROUP = None
+        _drop_group(pool, tune_id)
         if not stopped_by_tune:
             reason = state.plain(str(exc))
             try:
@@ -150,7 +155,7 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
                 pass  # the run folder's disk is full too: Tune's error carries the line to the driver
             raise TrialFailed(reason) from None
     except BaseException as exc:
-        _GROUP = None
+        _drop_group(pool, tune_id)
         if not stopped_by_tune:
             state.end(out, "error", reason=f"{type(exc).__name__}: {exc}")
             raise
@@ -164,8 +169,71 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
         if not stopped_by_tune:
             state.end(out, "stopped" if summary["stopped_early"] else "finished",
                       **outputs.training_totals(summary["metrics"]))
+    if pool is not None:
+        _give_back(pool, tune_id)
     if stopped_by_tune:
         # End the trial's thread the way Tune asked (SystemExit 0), not by returning: a return makes
         # Tune's function runner report once more and block, so a reused actor could not be reset
         # for the next trial ("Could not re-use actor").
         raise SystemExit(0)
+
+
+def _join_pool(plan: TrialPlan, tune_id: str, batch_size: int):
+    """--mode auto: the search's Pool, told this trial runs (on one worker); None in the other modes."""
+    if plan.auto_pool is None:
+        return None
+    pool = ray.get_actor(plan.auto_pool)
+    ray.get(pool.started.remote(tune_id, batch_size))
+    return pool
+
+
+def _regroup(pool, tune_id: str, record: dict[str, Any], cfg, regrouped: list[float]) -> list[int]:
+    """[the K the Pool wants the next epoch on] when it differs from this epoch's, else []. `regrouped`:
+    [when the last fit stopped to regroup], emptied here once the regroup's cost is reported."""
+    regroup_s = record["end_ts"] - record["epoch_time_s"] - regrouped.pop() if regrouped else 0.0
+    k = ray.get(pool.epoch_end.remote(tune_id, record["workers"], cfg.batch_size, record["val_dice"],
+                                      record["epoch_time_s"], cfg.epochs - record["epoch"], regroup_s))
+    return [k] if k != record["workers"] else []
+
+
+def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report, asked: tuple[list[int], list[float]],
+                 pool, tune_id: str) -> dict[str, Any]:
+    """--mode auto: fit on the group's K, regrouping where the Pool asks (the loop stopped after that
+    epoch's checkpoint; the next fit continues from it on the new K, the batch split by global-batch).
+    asked: ([the K asked for], [when the fit stopped for it]), shared with run_trial's report."""
+    regroup, regrouped = asked
+    while True:
+        k_cfg = make_config(modes.recipe_config(cfg.to_dict(), group.workers, "global-batch"))
+        summary = group.fit(k_cfg, plan.cache_dir, out, report)
+        if not regroup:
+            return summary
+        regrouped[:] = [time.time()]
+        k = group.resize(regroup.pop())
+        pool.resized.remote(tune_id, k)
+        state.write(out, workers=k, nodes=group.node_ids, node_ips=group.nodes, pids=group.pids)
+
+
+def _give_back(pool, tune_id: str) -> None:
+    """A trial of --mode auto ends: its lent workers go back to Ray now (the actor may be reused by the
+    next trial, which starts on one worker), and the Pool stops counting it."""
+    global _GROUP
+    pool.ended.remote(tune_id)
+    if _GROUP is not None and _GROUP.workers > 1:
+        try:
+            _GROUP.resize(1)
+        except Exception:  # noqa: BLE001  (a group that cannot shrink is dropped, and its peers with it)
+            _GROUP.close()
+            _GROUP = None
+
+
+def _drop_group(pool, tune_id: str) -> None:
+    """After a failure: the group is not reused; lent workers (auto) go back to Ray at once."""
+    global _GROUP
+    if pool is not None:
+        pool.ended.remote(tune_id)
+    if _GROUP is not None and _GROUP.lent is not None:
+        try:
+            _GROUP.close()
+        except Exception:  # noqa: BLE001  (the placement group goes with this actor in any case)
+            pass
+    _GROUP = None

@@ -1,4 +1,4 @@
-"""`voxtune tune`: one entry for experiment, data and hybrid parallelism on Ray Tune.
+"""`voxtune tune`: one entry for experiment, data, hybrid and auto parallelism on Ray Tune.
 
 A search, from the command to its last write:
     1. the settings are checked (voxtune.parallel.settings) and Ray is started or joined (cluster);
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -27,7 +28,7 @@ from voxtune.files import read_json, write_json
 from voxtune.layout import RunDir, TrialDir
 from voxtune.parallel import outputs, state
 from voxtune.parallel.cluster import init_ray, interrupt_on_stop
-from voxtune.parallel.settings import SearchSettings
+from voxtune.parallel.settings import SearchSettings, pool_name
 from voxtune.parallel.space import count_trials, to_tune
 from voxtune.provenance import code_version, git_commit
 
@@ -98,7 +99,13 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     epochs = settings.epochs
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4),
                                reduction_factor=2) if settings.scheduler == "asha" else FIFOScheduler())
-    progress = ProgressLines(count_trials(settings.space, settings.search, settings.num_samples), epochs, list(space))
+    total = count_trials(settings.space, settings.search, settings.num_samples)
+    progress = ProgressLines(total, epochs, list(space))
+    callbacks = [progress, FinalErrors(plan), CSVLoggerCallback(), JsonLoggerCallback()]
+    if settings.mode == "auto":
+        from voxtune.parallel.auto import Feed
+
+        callbacks.append(Feed(pool_name(run_dir), total))
     return tune.Tuner(
         trainable,
         param_space=to_tune(space, settings.search),
@@ -111,9 +118,23 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name=tune_state.name, storage_path=str(tune_state.parent),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  callbacks=[progress, FinalErrors(plan), CSVLoggerCallback(),
-                                             JsonLoggerCallback()], verbose=0),
+                                  callbacks=callbacks, verbose=0),
     ), folders
+
+
+def _start_pool(settings: SearchSettings, run_dir: Path):
+    """--mode auto: the search's Pool (voxtune.parallel.auto), told every batch_size the space can give."""
+    from voxtune.data.cache import case_ids
+    from voxtune.parallel.auto import start_pool
+
+    searched = settings.space.get("batch_size")
+    if isinstance(searched, dict):
+        kind, arg = next(iter(searched.items()))
+        batches = list(range(arg[0], arg[1])) if kind == "randint" else list(arg)
+    else:
+        batches = [make_config(settings.base_config).batch_size]
+    train_cases = len(case_ids(read_manifest(settings.cache_dir), "train"))
+    return start_pool(pool_name(run_dir), settings.workers, [int(b) for b in batches], train_cases)
 
 
 def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, address: str | None = None,
@@ -127,6 +148,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
     settings = _search_settings(run_dir, settings, resume)
     if resume:
         read_manifest(settings.cache_dir)  # the saved cache may have gone since
+    if note := settings.batch_one_note():
+        print(note, file=sys.stderr, flush=True)
 
     import ray
 
@@ -153,6 +176,7 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         from voxtune.parallel.trial import quiet_final_errors
 
         quiet_final_errors()
+        pool = _start_pool(settings, run_dir) if settings.mode == "auto" else None  # noqa: F841  (held: a named actor lives while a handle does)
         tuner, folders = _tuner(settings, run_dir, resume)
 
         def write_outputs(results, interrupted: bool) -> dict[str, Any]:
@@ -224,6 +248,7 @@ def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: di
         "command_time_s": time.perf_counter() - t_command,
         "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),
         "best_trial": best["trial_id"] if best else None,
+        "grown_trials": sum(isinstance(r["workers"], str) and "@" in r["workers"] for r in rows),
         "cluster": cluster, "code_version": code_version(), "git_commit": git_commit(),
     }
     write_json(RunDir(run_dir).summary, summary)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The README's auto benchmark: --mode auto against experiment and data parallelism (global-batch, so all
+# three train the same problem) on 1 and 2 workers (1 CPU core each), 3 seeded repeats per point, on
+# three searches:
+#   (a) 4 trials x 6 epochs  (lr {1e-3, 5e-3} x norm {bn, gn}): every worker busy until the end;
+#   (b) 3 trials x 8 epochs  (lr {1e-3, 3e-3, 5e-3}, norm bn): the last trial runs alone;
+#   (c) 8 trials x 8 epochs with ASHA (lr {5e-4, 1e-3, 3e-3, 5e-3} x norm {bn, gn}): stopped trials
+#       leave the survivors alone.
+# For each: wall time, time to a target Dice, when the final best model was trained, best val and test
+# Dice (bench.md per search); then the scaling model calibrated on (a) only and checked on (b) and (c),
+# which it never saw (ASHA's stops in (c) as measured), and its paper-setting table for auto.
+#
+# 20 phantom cases at 32^3: 10 train, 6 validation, 4 test. Batch 4 (2 ranks of batch 2 when a trial grows).
+#
+#     bash benchmarks/bench_auto.sh [WORKDIR]      (default WORKDIR: bench-auto)
+#
+# Needs a quiet 2-core machine, as bench_cpu.sh. Takes ~30 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-bench-auto}
+VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
+PY=${PY:-.venv/bin/python}
+if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
+uptime
+
+"$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases 20 --shape 32 32 32 --seed 0
+"$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache" --split 0.5 0.3 0.2
+printf 'lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space-a.yaml"
+printf 'lr: {grid: [0.001, 0.003, 0.005]}\nnorm: bn\n' > "$WORK/space-b.yaml"
+printf 'lr: {grid: [0.0005, 0.001, 0.003, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space-c.yaml"
+bench() {  # bench NAME TRIALS EPOCHS SCHEDULER
+    "$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/$1" --space "$WORK/space-$1.yaml" --workers 1 2 \
+        --modes experiment data auto --trials "$2" --epochs "$3" --scheduler "$4" --repeats 3 \
+        --ddp-recipe global-batch --set batch_size=4
+}
+bench a 4 6 fifo
+bench b 3 8 fifo
+bench c 8 8 asha
+for s in a b c; do echo "## ($s)"; cat "$WORK/$s/bench.md" | sed -n '/^| mode/,/^$/p'; done
+"$PY" benchmarks/auto_table.py "$WORK"
+"$VOXTUNE" plan --calibration "$WORK/a/bench.json" --check "$WORK/b/bench.json"
+"$VOXTUNE" plan --calibration "$WORK/a/bench.json" --check "$WORK/c/bench.json"
+"$VOXTUNE" plan --paper
+uptime

@@ -1,0 +1,196 @@
+"""--mode auto: every worker that no waiting trial can use goes to a trial that is still running.
+
+Trials start as in experiment mode: one worker each, W at once, Tune placing and scheduling them.
+Who grows is decided in one place that sees the whole search, the Pool, a named Ray actor of the
+driver's (not a Tune scheduler: Tune's ResourceChangingScheduler regrows a trial by pausing it and
+starting a new actor with a new placement group, which `reuse_actors` cannot have, so it would
+throw away the DDP groups voxtune keeps across trials; and not the driver's own thread, which the
+trials could not ask). The driver's Feed tells the Pool how many trials wait for a worker; each trial
+asks it at every epoch end which K to train its next epoch on (voxtune.parallel.trial):
+
+    - a trial waits (a retry, a new Optuna suggestion, the next grid point): a trial holding lent
+      workers gives them back at this epoch end, so a waiting trial is delayed by at most one epoch;
+    - no trial waits and workers are free (the last trials of a search, trials ASHA stopped): the most
+      promising running trial that can still grow (best validation Dice so far: HyperSched's order)
+      takes them, up to the largest K that global-batch can split its batch over (modes.auto_sizes);
+    - growth that did not pay (its first epoch at the new K was not faster than the last at the old
+      one: Pollux's goodput, measured) is undone at once, and no trial of the search grows to that
+      rank batch again.
+
+The lent workers are Ray resources: the trial reserves them as a placement group (WorkerGroup.resize),
+so Tune, which starts a waiting trial only on free resources, can never lose a worker to a lender it
+does not know of; the group fate-shares with the trial's actor.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+from ray.tune import Callback
+
+from voxtune.parallel.modes import GOODPUT_GAIN
+
+
+@dataclass
+class Running:
+    """What the Pool knows of a running trial."""
+
+    started: float
+    k: int = 1
+    batch_size: int = 0
+    best: float = -math.inf
+    epoch_s: dict[int, float] = field(default_factory=dict)  # last epoch's seconds at each K
+    grew_from: int | None = None  # the K before its last growth, until that growth is judged
+    epochs_left: int = 0
+
+
+def decide(me: str, running: dict[str, Running], workers: int, waiting: int, sizes: list[int],
+           slow: set[tuple[int, int]], worth: Callable[[Running, int], bool] = lambda r, k: True) -> int:
+    """The K trial `me` trains its next epoch on. `sizes`: the K a search's batch allows (a trial's
+    own batch_size must be divisible by its K too); `slow`: the (batch_size, K) whose growth did not pay;
+    `worth(trial, K)`: whether growing that trial to K saves more than a regroup costs."""
+
+    def fits(r: Running, k: int) -> bool:
+        return r.batch_size % k == 0 and (k == 1 or ((r.batch_size, k) not in slow and (k <= r.k or worth(r, k))))
+
+    trial = running[me]
+    allowed = [k for k in sizes if fits(trial, k)]
+    if waiting > 0:  # lent workers go back first; a trial on its own worker keeps it
+        return max(k for k in allowed if k <= max(1, trial.k - waiting))
+    free = workers - sum(r.k for r in running.values())
+    if free <= 0:
+        return trial.k
+    can_grow = [t for t, r in running.items() if any(r.k < k <= r.k + free and fits(r, k) for k in sizes)]
+    if me not in can_grow or max(can_grow, key=lambda t: (running[t].best, -running[t].started)) != me:
+        return trial.k
+    return max(k for k in allowed if k <= trial.k + free)
+
+
+class PoolState:
+    """The search's one view of who trains on how many workers (see the module's docstring); the Pool
+    actor holds one."""
+
+    def __init__(self, workers: int, sizes: list[int]):
+        self.workers, self.sizes = workers, sizes
+        self.waiting = 0
+        self.running: dict[str, Running] = {}
+        self.slow: set[tuple[int, int]] = set()
+        self.gain: dict[tuple[int, int], float] = {}  # (batch_size, K): share of an epoch growth to K saved
+        self.regroup_s = 0.0  # the longest regroup measured (stop after an epoch to the next one's start)
+        self.log: list[dict[str, Any]] = []  # every change of K, for the tests and the curious
+
+    def worth(self, trial: Running, k: int) -> bool:
+        """Growing `trial` to K saves more over its remaining epochs than a regroup costs: at the gain
+        measured for (batch, K) where a trial grew so before, else at the ideal 1 - K_now/K."""
+        now_s = trial.epoch_s.get(trial.k)
+        if now_s is None:
+            return False
+        share = self.gain.get((trial.batch_size, k), 1 - trial.k / k)
+        return share * now_s * trial.epochs_left > self.regroup_s
+
+    def set_waiting(self, waiting: int, running: list[str] | None = None) -> None:
+        """From the driver: trials waiting for a worker, and the trials Tune runs (a trial Tune has
+        started holds its worker before its own `started` call reaches the Pool)."""
+        self.waiting = waiting
+        for trial_id in running or []:
+            self.running.setdefault(trial_id, Running(started=time.time()))
+
+    def started(self, trial_id: str, batch_size: int) -> None:
+        self.running[trial_id] = Running(started=time.time(), batch_size=batch_size)
+
+    def ended(self, trial_id: str) -> None:
+        self.running.pop(trial_id, None)
+
+    def epoch_end(self, trial_id: str, k: int, batch_size: int, val_dice: float, epoch_s: float,
+                  epochs_left: int = 0, regroup_s: float = 0.0) -> int:
+        """Trial `trial_id` trained an epoch of global batch `batch_size` on K = k, `epochs_left` to go, after
+        a regroup of `regroup_s` (0: none): the K of its next epoch."""
+        trial = self.running.setdefault(trial_id, Running(started=time.time()))
+        trial.k, trial.batch_size, trial.best = k, batch_size, max(trial.best, val_dice)
+        trial.epoch_s[k], trial.epochs_left = epoch_s, epochs_left
+        self.regroup_s = max(self.regroup_s, regroup_s)
+        if trial.grew_from is not None:
+            before = trial.grew_from
+            trial.grew_from = None
+            before_s = trial.epoch_s.get(before, math.inf)
+            self.gain[(batch_size, k)] = 1 - epoch_s / before_s
+            if epoch_s > GOODPUT_GAIN * before_s:
+                self.slow.add((trial.batch_size, k))
+                return self._change(trial_id, trial, before, "did not pay")
+        target = decide(trial_id, self.running, self.workers, self.waiting, self.sizes, self.slow, self.worth)
+        if target > trial.k:
+            trial.grew_from = trial.k
+        return self._change(trial_id, trial, target, "waiting trials" if target < trial.k else "idle workers")
+
+    def _change(self, trial_id: str, trial: Running, k: int, why: str) -> int:
+        if k != trial.k:
+            self.log.append({"trial_id": trial_id, "from": trial.k, "to": k, "why": why, "ts": time.time()})
+            trial.k = k  # reserved now: another trial asking before this one regroups sees them taken
+        return k
+
+    def resized(self, trial_id: str, k: int) -> None:
+        """The K a trial got (less than asked when Ray could not reserve the bundles in time)."""
+        if trial_id in self.running:
+            self.running[trial_id].k = k
+            if k == 1:
+                self.running[trial_id].grew_from = None
+
+    def changes(self) -> list[dict[str, Any]]:
+        return list(self.log)
+
+
+Pool = ray.remote(num_cpus=0)(PoolState)
+
+
+class Feed(Callback):
+    """In the driver: tells the Pool how many trials wait for a worker (created and pending, or not yet
+    created by the search algorithm), and that a trial ended whatever way it ended. Holds the Pool's
+    name, not its handle: Tune pickles its callbacks with the search, and a resumed search has a new Pool."""
+
+    def __init__(self, pool_name: str, total: int):
+        self.pool_name, self.total = pool_name, total
+        self._pool, self.sent = None, None
+
+    def __getstate__(self):
+        return {"pool_name": self.pool_name, "total": self.total}
+
+    def __setstate__(self, saved):
+        self.__init__(saved["pool_name"], saved["total"])
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            self._pool = ray.get_actor(self.pool_name)
+        return self._pool
+
+    def on_step_begin(self, iteration, trials, **info):
+        pending = sum(t.status == "PENDING" for t in trials)
+        waiting = pending + max(0, self.total - len(trials))
+        running = sorted(t.trial_id for t in trials if t.status == "RUNNING")
+        if (waiting, running) != self.sent:
+            self.sent = (waiting, running)
+            self.pool.set_waiting.remote(waiting, running)
+
+    def _ended(self, trial) -> None:
+        self.pool.ended.remote(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+
+def start_pool(name: str, workers: int, batch_sizes: list[int], train_cases: int):
+    """The search's Pool, named so every trial finds it: K from every batch the space can give, at most
+    one rank per training case (the loop refuses an empty rank)."""
+    from voxtune.parallel.modes import auto_sizes
+
+    sizes = sorted({k for b in batch_sizes for k in auto_sizes(min(workers, train_cases), b)})
+    return Pool.options(name=name).remote(workers, sizes)

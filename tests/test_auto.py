@@ -1,0 +1,145 @@
+"""--mode auto's decisions (voxtune.parallel.auto), worked by hand; the search itself is in test_tune_auto.py."""
+from __future__ import annotations
+
+import pytest
+
+from voxtune.errors import VoxtuneError
+from voxtune.parallel import modes
+from voxtune.parallel.auto import PoolState, Running, decide
+from voxtune.parallel.settings import SearchSettings
+
+
+def _running(**trials: tuple[int, float]) -> dict[str, Running]:
+    """name=(K, best Dice so far), started in the order given, batch 4."""
+    return {name: Running(started=float(i), k=k, batch_size=4, best=best) for i, (name, (k, best)) in enumerate(trials.items())}
+
+
+def test_the_most_promising_running_trial_takes_the_free_workers():
+    running = _running(a=(1, 0.6), b=(1, 0.8))  # W = 4: two workers free, nobody waits
+    assert decide("b", running, 4, 0, [1, 2, 4], set()) == 2  # 3 does not divide batch 4: the largest K that does
+    assert decide("a", running, 4, 0, [1, 2, 4], set()) == 1  # not the best: keeps its worker
+
+
+def test_growth_is_capped_by_the_batch_and_the_free_workers():
+    assert decide("a", _running(a=(1, 0.5)), 8, 0, [1, 2, 4, 8], set()) == 4  # batch 4 on 8 workers: K <= 4
+    running = {"a": Running(started=0.0, k=1, batch_size=2, best=0.5)}
+    assert decide("a", running, 4, 0, [1, 2, 4], set()) == 2  # the paper's batch 2: 2 ranks at most
+    assert decide("a", _running(a=(1, 0.5), b=(2, 0.1)), 3, 0, [1, 2, 4], set()) == 1  # no worker free
+
+
+def test_a_waiting_trial_gets_lent_workers_back_at_the_next_epoch_end():
+    running = _running(a=(2, 0.9), b=(1, 0.5))
+    assert decide("a", running, 3, 1, [1, 2, 4], set()) == 1
+    assert decide("b", running, 3, 1, [1, 2, 4], set()) == 1  # its own worker stays its own
+    assert decide("a", _running(a=(4, 0.9)), 4, 1, [1, 2, 4], set()) == 2  # gives back what is needed (largest K <= 3)
+
+
+def test_a_trial_that_cannot_grow_leaves_the_workers_to_one_that_can():
+    running = _running(a=(1, 0.9), b=(1, 0.5))
+    slow = {(4, 2)}  # growth of batch-4 trials to 2 ranks did not pay
+    assert decide("a", running, 3, 0, [1, 2, 4], slow) == 1
+    running["a"].batch_size = 3  # K 2 does not divide 3: a cannot grow, b (batch 4) can
+    assert decide("b", running, 3, 0, [1, 2, 4], set()) == 2
+
+
+def test_growth_that_did_not_pay_is_undone_and_not_tried_again():
+    pool = PoolState(workers=2, sizes=[1, 2])
+    pool.started("a", 2)
+    assert pool.epoch_end("a", 1, 2, 0.5, 10.0, 5) == 2  # alone on 2 workers: grows
+    assert pool.epoch_end("a", 2, 2, 0.6, 9.9, 5) == 1  # not 5 % faster: back to 1
+    assert pool.epoch_end("a", 1, 2, 0.7, 10.0, 5) == 1  # and never again to 2 ranks of batch 1
+    pool.started("b", 2)
+    assert pool.epoch_end("b", 1, 2, 0.9, 10.0, 5) == 1
+    assert [(c["from"], c["to"], c["why"]) for c in pool.changes()] == [(1, 2, "idle workers"), (2, 1, "did not pay")]
+
+
+def test_growth_that_pays_stays_until_a_trial_waits():
+    pool = PoolState(workers=2, sizes=[1, 2, 4])
+    pool.started("a", 4)
+    assert pool.epoch_end("a", 1, 4, 0.5, 10.0, 5) == 2
+    assert pool.epoch_end("a", 2, 4, 0.6, 6.0, 5) == 2  # 40 % faster: kept
+    pool.set_waiting(1)
+    assert pool.epoch_end("a", 2, 4, 0.7, 6.0, 5) == 1
+    assert pool.changes()[-1]["why"] == "waiting trials"
+
+
+def test_a_grown_trial_holds_its_workers_against_others_asking_before_it_regroups():
+    pool = PoolState(workers=3, sizes=[1, 2])
+    pool.started("a", 2)
+    pool.started("b", 2)
+    assert pool.epoch_end("b", 1, 2, 0.9, 5.0, 5) == 2  # one worker free: b takes it
+    assert pool.epoch_end("a", 1, 2, 0.95, 5.0, 5) == 1  # a, better now, finds none free
+    pool.resized("b", 1)  # Ray could not reserve the bundle in time
+    assert pool.epoch_end("a", 1, 2, 0.95, 5.0, 5) == 2
+
+
+def test_auto_settings_refuse_what_auto_cannot_grow():
+    with pytest.raises(VoxtuneError, match="drop --workers-per-trial"):
+        modes.workers_per_trial("auto", 4, 2)
+    with pytest.raises(VoxtuneError, match="global-batch only"):
+        SearchSettings(cache_dir=".", mode="auto", workers=2, ddp_recipe="scale-lr").checked()
+    with pytest.raises(VoxtuneError, match="scale_lr"):
+        SearchSettings(cache_dir=".", mode="auto", workers=2, base_config={"scale_lr": True}).checked()
+    checked = SearchSettings(cache_dir=".", mode="auto", workers=3).checked()
+    assert checked.ddp_recipe == "global-batch" and checked.concurrent_trials == 3 and checked.per_trial() == 1
+    assert modes.auto_sizes(4, 2) == [1, 2] and modes.auto_sizes(8, 12) == [1, 2, 3, 4, 6]
+
+
+def _tiny_model(batch_cost: dict[int, float]):
+    """Worked by hand: 4 train cases, batch 2, 2 epochs, no validation; a batch-2 step takes 1 s, so an
+    epoch is 2 steps: 2 s on one worker; on two ranks of batch 1, 2 steps of batch_cost[1] s each (+
+    ALPHA_S per step); a regroup costs 0.5 s (group_startup_s)."""
+    from voxtune.bench.model import MakespanModel
+
+    return MakespanModel(train_cases=4, val_cases=0, batch_size=2, epochs=2, step_s=1.0, param_bytes=0,
+                         beta_s_per_byte=0.0, startup_s=0.0, group_startup_s=0.5, trial_overhead_s=0.0,
+                         group_overhead_s=0.0, batch_cost=batch_cost, global_batch=True)
+
+
+def test_the_simulated_auto_schedule_grows_the_last_trial_onto_the_idle_worker():
+    from voxtune.bench.model import ALPHA_S
+    from voxtune.bench.simulate import Trial, schedule
+
+    m = _tiny_model({1: 0.5, 2: 1.0})
+    trials = [Trial(), Trial(), Trial()]
+    # A and B train 0-4 s; C starts at 4 alone, 1st epoch on 1 worker (-> 6), regroups (-> 6.5), 2nd
+    # epoch on 2 ranks: 2 steps x (0.5 + ALPHA_S) s.
+    auto = schedule(m, 2, 1, trials, auto=True)
+    assert auto["wall_s"] == pytest.approx(6.5 + 2 * (0.5 + ALPHA_S)) and auto["grown"] == 1
+    fixed = schedule(m, 2, 1, trials)
+    assert fixed["wall_s"] == pytest.approx(8.0) and fixed["grown"] == 0
+    # A batch-1 step as dear as a batch-2 one (torch's batch-1 Conv3d on a CPU): growth would not pay.
+    assert schedule(_tiny_model({1: 1.0, 2: 1.0}), 2, 1, trials, auto=True)["wall_s"] == pytest.approx(8.0)
+
+
+def test_data_mode_says_before_it_starts_when_cpu_ranks_would_take_batch_one():
+    def note(mode="data", workers=2, batch=2, gpus=0.0, **kw):
+        return SearchSettings(cache_dir=".", mode=mode, workers=workers, gpus_per_worker=gpus,
+                              base_config={"batch_size": batch}, **kw).checked().batch_one_note()
+
+    line = note()
+    assert "batch 1 (2 / 2)" in line and "batch_size 4" in line and "\n" not in line
+    assert "batch 1 (4 / 4)" in note(workers=4, batch=4)
+    assert note(batch=4) is None  # 2 per rank
+    assert note(gpus=1.0) is None  # a GPU runs batch 1 fine
+    assert note(ddp_recipe="scale-lr") is None  # each rank takes the whole batch
+    assert note(mode="auto") is None  # auto grows only where it measured a gain
+
+
+def test_a_trial_tune_has_started_holds_its_worker_before_it_reports_to_the_pool():
+    pool = PoolState(workers=2, sizes=[1, 2])
+    pool.started("a", 2)
+    pool.set_waiting(0, ["a", "c"])  # c placed by Tune, still importing torch
+    assert pool.epoch_end("a", 1, 2, 0.5, 10.0, 5) == 1
+    pool.ended("c")
+    assert pool.epoch_end("a", 1, 2, 0.5, 10.0, 5) == 2
+
+
+def test_growth_must_save_more_than_a_regroup_costs():
+    pool = PoolState(workers=2, sizes=[1, 2])
+    pool.started("a", 2)
+    pool.regroup_s = 5.0  # measured on an earlier regroup
+    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 3) == 1  # at best 0.5 s x 3 epochs saved < 5 s
+    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 20) == 2  # 10 s > 5 s
+    assert pool.epoch_end("a", 2, 2, 0.6, 0.7, 19, regroup_s=6.0) == 2  # 30 % faster: kept
+    assert pool.regroup_s == 6.0 and pool.gain[(2, 2)] == pytest.approx(0.3)
