@@ -134,6 +134,7 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     startup = summary["startup_s"] or 0.0
     train = [float(r["train_time_s"]) for r in rows if r.get("train_time_s", "") != ""]
     busy = sum(e["epoch_time_s"] * e.get("workers", k) for e in epochs)  # worker-seconds (auto: K per epoch)
+    started = sorted(rows, key=lambda r: float(r["start_ts"] or 0))
     epoch_time = sum(e["epoch_time_s"] for e in epochs)
     best = read_json(RunDir(run_dir).best, {})
     searched = [k for k in summary.get("searched") or [] if k != "seed"]  # repeats of a config share its cost
@@ -153,7 +154,7 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
         # Each config's mean epoch and the order trials started in: the cost model's config costs and queue.
         "trial_epoch_s": {key(r): statistics.fmean(e["epoch_time_s"] for e in metrics[r["trial_id"]])
                           for r in rows if metrics[r["trial_id"]]},
-        "trial_order": [key(r) for r in (started := sorted(rows, key=lambda r: float(r["start_ts"] or 0)))],
+        "trial_order": [key(r) for r in started],
         "trial_epochs": [len(metrics[r["trial_id"]]) for r in started],  # fewer where ASHA stopped a trial
         "best_val_dice": max((e["val_dice"] for e in epochs), default=None),
         "test_dice": (best.get("test") or {}).get("test_dice"),
@@ -283,7 +284,7 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
         points.setdefault((mode, w, recipe), []).append(row)
         print(f"[bench {i}/{total}] {name}: {how}, wall {row['wall_s']:.1f}s, {row['per_epoch_s']:.2f}s/epoch, "
               f"best val Dice {row['best_val_dice'] or 0:.3f}, status {row['status']}", flush=True)
-        if set(row["status"]) != {"finished"} or row["trials"] != trials:
+        if set(row["status"]) - {"finished", "stopped"} or row["trials"] != trials:  # (stopped: by ASHA)
             print(f"bench: warning: {name} did not finish all {trials} trials ({row['status']}); its times "
                   "are not comparable with the other runs", flush=True)
     return points, failed
