@@ -88,11 +88,11 @@ def test_auto_settings_refuse_what_auto_cannot_grow():
 def _tiny_model(batch_cost: dict[int, float]):
     """Worked by hand: 4 train cases, batch 2, 2 epochs, no validation; a batch-2 step takes 1 s, so an
     epoch is 2 steps: 2 s on one worker; on two ranks of batch 1, 2 steps of batch_cost[1] s each (+
-    ALPHA_S per step); a regroup costs 0.5 s (group_startup_s)."""
+    ALPHA_S per step); a regroup costs 0.5 s (regroup_s: the search's start-up, 0.5 s here)."""
     from voxtune.bench.model import MakespanModel
 
     return MakespanModel(train_cases=4, val_cases=0, batch_size=2, epochs=2, step_s=1.0, param_bytes=0,
-                         beta_s_per_byte=0.0, startup_s=0.0, group_startup_s=0.5, trial_overhead_s=0.0,
+                         beta_s_per_byte=0.0, startup_s=0.5, group_startup_s=0.0, trial_overhead_s=0.0,
                          group_overhead_s=0.0, batch_cost=batch_cost, global_batch=True)
 
 
@@ -102,14 +102,18 @@ def test_the_simulated_auto_schedule_grows_the_last_trial_onto_the_idle_worker()
 
     m = _tiny_model({1: 0.5, 2: 1.0})
     trials = [Trial(), Trial(), Trial()]
-    # A and B train 0-4 s; C starts at 4 alone, 1st epoch on 1 worker (-> 6), regroups (-> 6.5), 2nd
-    # epoch on 2 ranks: 2 steps x (0.5 + ALPHA_S) s.
+    # Start-up 0.5 s; A and B train 0.5-4.5 s; C starts at 4.5 alone, 1st epoch on 1 worker (-> 6.5),
+    # regroups (-> 7), 2nd epoch on 2 ranks: 2 steps x (0.5 + ALPHA_S) s.
     auto = schedule(m, 2, 1, trials, auto=True)
-    assert auto["wall_s"] == pytest.approx(6.5 + 2 * (0.5 + ALPHA_S)) and auto["grown"] == 1
+    assert auto["wall_s"] == pytest.approx(7.0 + 2 * (0.5 + ALPHA_S)) and auto["grown"] == 1
     fixed = schedule(m, 2, 1, trials)
-    assert fixed["wall_s"] == pytest.approx(8.0) and fixed["grown"] == 0
+    assert fixed["wall_s"] == pytest.approx(8.5) and fixed["grown"] == 0
     # A batch-1 step as dear as a batch-2 one (torch's batch-1 Conv3d on a CPU): growth would not pay.
-    assert schedule(_tiny_model({1: 1.0, 2: 1.0}), 2, 1, trials, auto=True)["wall_s"] == pytest.approx(8.0)
+    assert schedule(_tiny_model({1: 1.0, 2: 1.0}), 2, 1, trials, auto=True)["wall_s"] == pytest.approx(8.5)
+    # Nor would a regroup dearer than the ~1 s the last epoch can save.
+    dear = _tiny_model({1: 0.5, 2: 1.0})
+    dear.startup_s = 1.2
+    assert schedule(dear, 2, 1, trials, auto=True)["grown"] == 0
 
 
 def test_data_mode_says_before_it_starts_when_cpu_ranks_would_take_batch_one():

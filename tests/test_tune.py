@@ -1,6 +1,7 @@
 """`voxtune tune`: the three modes on a local Ray instance, a two-node cluster, and bad inputs."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -93,32 +94,55 @@ def test_each_mode_writes_the_same_outputs(mode, cache_dir, tmp_path):
         assert len(groups) == 1
 
 
-@pytest.mark.slow
-def test_two_node_cluster_spreads_trials(cache_dir, tmp_path):
-    """A head and a worker node on this machine, token auth on; trials land on both nodes."""
+@contextlib.contextmanager
+def _two_node_cluster(tmp_path: Path, port: str):
+    """A head and a worker node of 1 CPU each on this machine, token auth on: (address, env)."""
     ray = shutil.which("ray", path=os.path.dirname(sys.executable))
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    port = "6399"
     start = [ray, "start", "--num-cpus", "1", "--disable-usage-stats"]
     try:
         subprocess.run([*start, "--head", "--port", port, "--include-dashboard", "false"], env=env, check=True,
                        capture_output=True)
         subprocess.run([*start, "--address", f"127.0.0.1:{port}"], env=env, check=True, capture_output=True)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.mark.slow
+def test_two_node_cluster_spreads_trials(cache_dir, tmp_path):
+    """A head and a worker node on this machine, token auth on; trials land on both nodes."""
+    with _two_node_cluster(tmp_path, "6399") as (address, env):
         run = tmp_path / "run"
         proc = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out",
                                str(run), "--mode", "experiment", "--space", _space(tmp_path), "--epochs", "1",
-                               "--workers", "2", "--address", f"127.0.0.1:{port}"],
+                               "--workers", "2", "--address", address],
                               env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = _leaderboard(run)
         assert len(rows) == 4 and all(r["status"] == "finished" for r in rows)
         assert len({r["node"] for r in rows}) == 2
         assert json.loads((run / "summary.json").read_text())["nodes"] == 2
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.mark.slow
+def test_auto_grows_a_trial_across_two_nodes(cache_dir, tmp_path):
+    """One trial on two 1-CPU nodes: it takes the other node's worker at its first epoch end, so its
+    grown DDP group spans the nodes (gloo over the loopback addresses)."""
+    space = tmp_path / "one.yaml"
+    space.write_text("lr: {grid: [0.005]}\n")
+    with _two_node_cluster(tmp_path, "6398") as (address, env):
+        run = tmp_path / "run"
+        proc = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out",
+                               str(run), "--mode", "auto", "--space", str(space), "--epochs", "3", "--workers", "2",
+                               "--set", "batch_size=4", "--address", address], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (row,) = _leaderboard(run)
+        records = json.loads((run / "trials" / row["trial_id"] / "metrics.json").read_text())
+        assert row["status"] == "finished" and [r["workers"] for r in records][:2] == [1, 2]
 
 
 @pytest.mark.parametrize("args, expected", [

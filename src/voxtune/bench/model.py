@@ -90,6 +90,13 @@ class MakespanModel:
     def cost(self, config: str | None) -> float:
         return self.config_cost.get(config, 1.0) if config is not None else 1.0
 
+    @property
+    def regroup_s(self) -> float:
+        """--mode auto: a trial stopping after an epoch to grow (or shrink) starts new rank processes that
+        import torch and MONAI, build the model and reload the checkpoint: taken as the search's own
+        start-up (startup_s, fitted on the 1-worker run), since that is what a new worker pays."""
+        return self.startup_s
+
     def overhead(self, k: int) -> float:
         return self.trial_overhead_s + (self.group_overhead_s if k > 1 else 0.0)
 

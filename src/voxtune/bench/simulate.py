@@ -62,7 +62,7 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
     """{"wall_s", "training_worker_s", "idle_worker_s", "ends" (each trial's, in queue order), "epochs"
     (each trial's, fewer where ASHA stopped it), "concurrent_trials", "waves", "grown" (trials that
     grew)}. auto: trials start on one worker each (k is 1) and regrow at epoch ends as
-    voxtune.parallel.auto decides (grow_to), each regroup costing group_startup_s."""
+    voxtune.parallel.auto decides (grow_to), each regroup costing regroup_s."""
     slots = workers // k
     on_node = (lambda w: w) if gpus_per_node is None else (lambda w: min(w, gpus_per_node))
     queue = deque(enumerate(trials))
@@ -97,7 +97,7 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
         new_k = grow_to(m, r, running, workers, bool(queue), gpus_per_node) if auto else r[5]
         if new_k > r[5]:
             grown.add(r[2])
-        r[0], r[1], r[5] = ("regroup", m.group_startup_s, new_k) if new_k != r[5] else ("train", 1.0, r[5])
+        r[0], r[1], r[5] = ("regroup", m.regroup_s, new_k) if new_k != r[5] else ("train", 1.0, r[5])
 
     start_next()
     while running:
@@ -136,7 +136,7 @@ def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: i
     """voxtune.parallel.auto's rule for trial r at its epoch end: lent workers go back while a trial waits;
     else the best trial (Trial.quality, then queue order) of those whose epoch the model says a larger
     K (dividing the batch, within the free workers) makes faster by GOODPUT_GAIN, saving more over its
-    remaining epochs than a regroup costs (group_startup_s), takes the largest such K."""
+    remaining epochs than a regroup costs (regroup_s), takes the largest such K."""
     if waiting:
         return 1
     free = workers - sum(x[5] for x in running)
@@ -147,7 +147,7 @@ def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: i
         now_s, left = epoch_s(m, x[5], busy, x[3].config, gpus_per_node), (x[3].epochs or m.epochs) - x[4]
         grown = {n: epoch_s(m, n, busy + n - x[5], x[3].config, gpus_per_node)
                  for n in range(x[5] + 1, x[5] + free + 1) if m.batch_size % n == 0 and n <= m.train_cases}
-        return [n for n, s in grown.items() if s < GOODPUT_GAIN * now_s and (now_s - s) * left > m.group_startup_s]
+        return [n for n, s in grown.items() if s < GOODPUT_GAIN * now_s and (now_s - s) * left > m.regroup_s]
 
     can_grow = [x for x in training if paying(x)]
     if not can_grow or max(can_grow, key=lambda x: (x[3].quality, -x[2])) is not r:
