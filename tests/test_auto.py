@@ -80,6 +80,8 @@ def test_auto_settings_refuse_what_auto_cannot_grow():
         SearchSettings(cache_dir=".", mode="auto", workers=2, ddp_recipe="scale-lr").checked()
     with pytest.raises(VoxtuneError, match="scale_lr"):
         SearchSettings(cache_dir=".", mode="auto", workers=2, base_config={"scale_lr": True}).checked()
+    with pytest.raises(VoxtuneError, match="only --mode auto regroups"):
+        SearchSettings(cache_dir=".", mode="experiment", workers=2, auto_regroup_s=1.0).checked()
     checked = SearchSettings(cache_dir=".", mode="auto", workers=3).checked()
     assert checked.ddp_recipe == "global-batch" and checked.concurrent_trials == 3 and checked.per_trial() == 1
     assert modes.auto_sizes(4, 2) == [1, 2] and modes.auto_sizes(8, 12) == [1, 2, 3, 4, 6]
@@ -147,3 +149,12 @@ def test_growth_must_save_more_than_a_regroup_costs():
     assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 20) == 2  # 10 s > 5 s
     assert pool.epoch_end("a", 2, 2, 0.6, 0.7, 19, regroup_s=6.0) == 2  # 30 % faster: kept
     assert pool.regroup_s == 6.0 and pool.gain[(2, 2)] == pytest.approx(0.3)
+
+
+def test_before_any_regroup_the_pool_takes_a_trials_start_up_as_its_cost():
+    pool = PoolState(workers=2, sizes=[1, 2])
+    pool.started("a", 2)
+    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 5, startup_s=4.0) == 1  # at best 0.5 s x 5 saved < 4 s
+    given = PoolState(workers=2, sizes=[1, 2], regroup_s=0.0)  # --auto-regroup-s 0: the start-up is not used
+    given.started("a", 2)
+    assert given.epoch_end("a", 1, 2, 0.5, 1.0, 5, startup_s=4.0) == 2

@@ -75,7 +75,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(mode, rank, cache_dir, tmp
     the trial alone on 2 workers has grown to 2 ranks; it loses the lent one and goes on.)"""
     run = tmp_path / "run"
     proc = _tune(run, cache_dir, "lr: {grid: [0.002]}\n", "--mode", mode, "--workers", "2", "--epochs", "8",
-                 *(["--set", "batch_size=4"] if mode == "auto" else []))
+                 *(["--set", "batch_size=4", "--auto-regroup-s", "0"] if mode == "auto" else []))
 
     after = 1 if mode == "auto" else 2  # (auto: grown at its first epoch end, maybe back at its second's)
 

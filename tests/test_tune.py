@@ -138,7 +138,8 @@ def test_auto_grows_a_trial_across_two_nodes(cache_dir, tmp_path):
         run = tmp_path / "run"
         proc = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out",
                                str(run), "--mode", "auto", "--space", str(space), "--epochs", "3", "--workers", "2",
-                               "--set", "batch_size=4", "--address", address], env=env, capture_output=True, text=True)
+                               "--set", "batch_size=4", "--auto-regroup-s", "0", "--address", address],
+                              env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (row,) = _leaderboard(run)
         records = json.loads((run / "trials" / row["trial_id"] / "metrics.json").read_text())

@@ -80,7 +80,7 @@ def _search_settings(args: argparse.Namespace):
                           num_samples=args.num_samples, scheduler=args.scheduler, workers=args.workers,
                           workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                           gpus_per_worker=args.gpus_per_worker, base_config=_train_config(args).to_dict(),
-                          ddp_recipe=args.ddp_recipe)
+                          ddp_recipe=args.ddp_recipe, auto_regroup_s=args.auto_regroup_s)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -253,6 +253,9 @@ def _training_verbs(sub) -> None:
     p.add_argument("--ddp-recipe", choices=RECIPES,
                    help="the problem a trial of K > 1 workers trains: global-batch (default; each rank takes "
                         "batch_size/K, the 1-worker problem), scale-lr (the paper's: lr x K) or per-rank")
+    p.add_argument("--auto-regroup-s", type=float,
+                   help="auto: what growing a trial costs, in seconds, until a regroup is measured (default: "
+                        "the trials' own start-up to their first epoch, which a new rank pays too)")
     _search_flags(p)
     _config_flags(p, epochs=None)
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")

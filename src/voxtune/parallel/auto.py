@@ -73,13 +73,16 @@ class PoolState:
     """The search's one view of who trains on how many workers (see the module's docstring); the Pool
     actor holds one."""
 
-    def __init__(self, workers: int, sizes: list[int]):
-        self.workers, self.sizes = workers, sizes
+    def __init__(self, workers: int, sizes: list[int], regroup_s: float | None = None):
+        """regroup_s: what a regroup costs until one is measured (None: estimated from the trials' start-up)."""
+        self.workers, self.sizes, self.assumed = workers, sizes, regroup_s
         self.waiting = 0
         self.running: dict[str, Running] = {}
         self.slow: set[tuple[int, int]] = set()
         self.gain: dict[tuple[int, int], float] = {}  # (batch_size, K): share of an epoch growth to K saved
-        self.regroup_s = 0.0  # the longest regroup measured (stop after an epoch to the next one's start)
+        # The longest regroup measured (stop after an epoch to the next one's start); before any, the one
+        # assumed, or the longest a trial took from its start to its first epoch (a new rank pays that too).
+        self.regroup_s = regroup_s or 0.0
         self.log: list[dict[str, Any]] = []  # every change of K, for the tests and the curious
 
     def worth(self, trial: Running, k: int) -> bool:
@@ -105,13 +108,13 @@ class PoolState:
         self.running.pop(trial_id, None)
 
     def epoch_end(self, trial_id: str, k: int, batch_size: int, val_dice: float, epoch_s: float,
-                  epochs_left: int = 0, regroup_s: float = 0.0) -> int:
+                  epochs_left: int = 0, regroup_s: float = 0.0, startup_s: float = 0.0) -> int:
         """Trial `trial_id` trained an epoch of global batch `batch_size` on K = k, `epochs_left` to go, after
-        a regroup of `regroup_s` (0: none): the K of its next epoch."""
+        a regroup of `regroup_s` (0: none) or, its first, a start-up of `startup_s`: the K of its next epoch."""
         trial = self.running.setdefault(trial_id, Running(started=time.time()))
         trial.k, trial.batch_size, trial.best = k, batch_size, max(trial.best, val_dice)
         trial.epoch_s[k], trial.epochs_left = epoch_s, epochs_left
-        self.regroup_s = max(self.regroup_s, regroup_s)
+        self.regroup_s = max(self.regroup_s, regroup_s, startup_s if self.assumed is None else 0.0)
         if trial.grew_from is not None:
             before = trial.grew_from
             trial.grew_from = None
@@ -187,10 +190,10 @@ class Feed(Callback):
         self._ended(trial)
 
 
-def start_pool(name: str, workers: int, batch_sizes: list[int], train_cases: int):
+def start_pool(name: str, workers: int, batch_sizes: list[int], train_cases: int, regroup_s: float | None = None):
     """The search's Pool, named so every trial finds it: K from every batch the space can give, at most
     one rank per training case (the loop refuses an empty rank)."""
     from voxtune.parallel.modes import auto_sizes
 
     sizes = sorted({k for b in batch_sizes for k in auto_sizes(min(workers, train_cases), b)})
-    return Pool.options(name=name).remote(workers, sizes)
+    return Pool.options(name=name).remote(workers, sizes, regroup_s)

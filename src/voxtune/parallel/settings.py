@@ -63,6 +63,7 @@ class SearchSettings:
     base_config: dict[str, Any] = field(default_factory=dict)
     max_failures: int = 3
     ddp_recipe: str | None = None  # None: global-batch, or scale-lr where the config sets scale_lr
+    auto_regroup_s: float | None = None  # auto: a regroup's cost until one is measured (None: estimated)
 
     def checked(self) -> "SearchSettings":
         """The checked settings: a copy with K and the recipe resolved and the cache path made absolute."""
@@ -77,6 +78,10 @@ class SearchSettings:
         if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
             raise VoxtuneError(f"--gpus-per-worker {self.gpus_per_worker}: above 1 it must be whole")
         k = self.per_trial()
+        if self.auto_regroup_s is not None and self.mode != "auto":
+            raise VoxtuneError(f"--auto-regroup-s: only --mode auto regroups trials, not --mode {self.mode}; drop it")
+        if self.auto_regroup_s is not None and self.auto_regroup_s < 0:
+            raise VoxtuneError(f"--auto-regroup-s {self.auto_regroup_s}: a cost in seconds, >= 0")
         validate_space(self.space)
         base = make_config(self.base_config)
         if self.num_samples is not None and self.num_samples < 1:

@@ -119,7 +119,7 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
 
     reported: list[int] = []  # epochs reported in this attempt
     stopped_by_tune = False
-    regroup, regrouped = asked = ([], [])  # auto: [the K the Pool asked for], [when the fit stopped for it]
+    regroup, regrouped = asked = ([], [(t_start, "start")])  # auto: [K asked for], [(since when, what)]
 
     def report(record: dict[str, Any]) -> bool:
         nonlocal stopped_by_tune
@@ -189,25 +189,29 @@ def _join_pool(plan: TrialPlan, tune_id: str, batch_size: int):
 
 def _regroup(pool, tune_id: str, record: dict[str, Any], cfg, regrouped: list[float]) -> list[int]:
     """[the K the Pool wants the next epoch on] when it differs from this epoch's, else []. `regrouped`:
-    [when the last fit stopped to regroup], emptied here once the regroup's cost is reported."""
-    regroup_s = record["end_ts"] - record["epoch_time_s"] - regrouped.pop() if regrouped else 0.0
+    [(when, "regroup")] after the fit stopped to regroup, [(when, "start")] as the attempt starts, emptied
+    once reported: a regroup's cost, or what it took this process to reach its first epoch (imports,
+    model, data, checkpoint), which is what a new rank pays too."""
+    since, what = regrouped.pop() if regrouped else (None, None)
+    gap = record["end_ts"] - record["epoch_time_s"] - since if since is not None else 0.0
     k = ray.get(pool.epoch_end.remote(tune_id, record["workers"], cfg.batch_size, record["val_dice"],
-                                      record["epoch_time_s"], cfg.epochs - record["epoch"], regroup_s))
+                                      record["epoch_time_s"], cfg.epochs - record["epoch"],
+                                      gap if what == "regroup" else 0.0, gap if what == "start" else 0.0))
     return [k] if k != record["workers"] else []
 
 
-def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report, asked: tuple[list[int], list[float]],
-                 pool, tune_id: str) -> dict[str, Any]:
+def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report,
+                 asked: tuple[list[int], list[tuple[float, str]]], pool, tune_id: str) -> dict[str, Any]:
     """--mode auto: fit on the group's K, regrouping where the Pool asks (the loop stopped after that
     epoch's checkpoint; the next fit continues from it on the new K, the batch split by global-batch).
-    asked: ([the K asked for], [when the fit stopped for it]), shared with run_trial's report."""
+    asked: ([the K asked for], [(when the fit stopped for it, "regroup")]), shared with run_trial's report."""
     regroup, regrouped = asked
     while True:
         k_cfg = make_config(modes.recipe_config(cfg.to_dict(), group.workers, "global-batch"))
         summary = group.fit(k_cfg, plan.cache_dir, out, report)
         if not regroup:
             return summary
-        regrouped[:] = [time.time()]
+        regrouped[:] = [(time.time(), "regroup")]
         k = group.resize(regroup.pop())
         pool.resized.remote(tune_id, k)
         state.write(out, workers=k, nodes=group.node_ids, node_ips=group.nodes, pids=group.pids)
