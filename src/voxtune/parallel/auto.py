@@ -17,6 +17,10 @@ asks it at every epoch end which K to train its next epoch on (voxtune.parallel.
       one: Pollux's goodput, measured) is undone at once, and no trial of the search grows to that
       rank batch again.
 
+This module imports Ray's core only, not Tune: the Pool's process starts beside the first trials'
+and must not slow them (importing Tune took ~1 s of a 2-core machine's start-up). The driver's side,
+the Feed, is a Tune callback in voxtune.parallel.trial.
+
 The lent workers are Ray resources: the trial reserves them as a placement group (WorkerGroup.resize),
 so Tune, which starts a waiting trial only on free resources, can never lose a worker to a lender it
 does not know of; the group fate-shares with the trial's actor.
@@ -29,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ray
-from ray.tune import Callback
 
 from voxtune.parallel.modes import GOODPUT_GAIN
 
@@ -146,48 +149,6 @@ class PoolState:
 
 
 Pool = ray.remote(num_cpus=0)(PoolState)
-
-
-class Feed(Callback):
-    """In the driver: tells the Pool how many trials wait for a worker (created and pending, or not yet
-    created by the search algorithm), and that a trial ended whatever way it ended. Holds the Pool's
-    name, not its handle: Tune pickles its callbacks with the search, and a resumed search has a new Pool."""
-
-    def __init__(self, pool_name: str, total: int):
-        self.pool_name, self.total = pool_name, total
-        self._pool, self.sent = None, None
-
-    def __getstate__(self):
-        return {"pool_name": self.pool_name, "total": self.total}
-
-    def __setstate__(self, saved):
-        self.__init__(saved["pool_name"], saved["total"])
-
-    @property
-    def pool(self):
-        if self._pool is None:
-            self._pool = ray.get_actor(self.pool_name)
-        return self._pool
-
-    def on_step_begin(self, iteration, trials, **info):
-        pending = sum(t.status == "PENDING" for t in trials)
-        waiting = pending + max(0, self.total - len(trials))
-        running = sorted(t.trial_id for t in trials if t.status == "RUNNING")
-        if (waiting, running) != self.sent:
-            self.sent = (waiting, running)
-            self.pool.set_waiting.remote(waiting, running)
-
-    def _ended(self, trial) -> None:
-        self.pool.ended.remote(trial.trial_id)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trial)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self._ended(trial)
 
 
 def start_pool(name: str, workers: int, batch_sizes: list[int], train_cases: int, regroup_s: float | None = None):

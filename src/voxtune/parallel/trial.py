@@ -58,6 +58,48 @@ class FinalErrors(Callback):
             trial.max_failures = 0
 
 
+class Feed(Callback):
+    """In the driver: tells the Pool how many trials wait for a worker (created and pending, or not yet
+    created by the search algorithm), and that a trial ended whatever way it ended. Holds the Pool's
+    name, not its handle: Tune pickles its callbacks with the search, and a resumed search has a new Pool."""
+
+    def __init__(self, pool_name: str, total: int):
+        self.pool_name, self.total = pool_name, total
+        self._pool, self.sent = None, None
+
+    def __getstate__(self):
+        return {"pool_name": self.pool_name, "total": self.total}
+
+    def __setstate__(self, saved):
+        self.__init__(saved["pool_name"], saved["total"])
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            self._pool = ray.get_actor(self.pool_name)
+        return self._pool
+
+    def on_step_begin(self, iteration, trials, **info):
+        pending = sum(t.status == "PENDING" for t in trials)
+        waiting = pending + max(0, self.total - len(trials))
+        running = sorted(t.trial_id for t in trials if t.status == "RUNNING")
+        if (waiting, running) != self.sent:
+            self.sent = (waiting, running)
+            self.pool.set_waiting.remote(waiting, running)
+
+    def _ended(self, trial) -> None:
+        self.pool.ended.remote(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+
 class _QuietFinalErrors(logging.Filter):
     """Drops Tune's traceback of a trial that ended with its own one-line error (trial.json and the
     leaderboard hold the line; Tune's RUN/ray/<trial>/error.txt and Ray's worker logs keep the whole

@@ -103,7 +103,7 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     progress = ProgressLines(total, epochs, list(space))
     callbacks = [progress, FinalErrors(plan), CSVLoggerCallback(), JsonLoggerCallback()]
     if settings.mode == "auto":
-        from voxtune.parallel.auto import Feed
+        from voxtune.parallel.trial import Feed
 
         callbacks.append(Feed(pool_name(run_dir), total))
     return tune.Tuner(
