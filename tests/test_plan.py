@@ -158,8 +158,8 @@ def test_more_workers_than_trials_leaves_the_extra_idle():
 def test_every_split_is_predicted_and_named():
     result = P.plan(TRUTH, 8, 16)
     assert [(p["mode"], p["workers_per_trial"], p["concurrent_trials"]) for p in result["predictions"]] == [
-        ("experiment", 1, 8), ("hybrid", 2, 4), ("hybrid", 4, 2), ("data", 8, 1)]
-    assert [p["waves"] for p in result["predictions"]] == [2, 4, 8, 16]
+        ("experiment", 1, 8), ("hybrid", 2, 4), ("hybrid", 4, 2), ("data", 8, 1), ("auto", 1, 8)]
+    assert [p["waves"] for p in result["predictions"]] == [2, 4, 8, 16, 2]
 
 
 def test_recommends_experiment_when_trials_fill_the_workers():
@@ -208,7 +208,8 @@ def test_plan_json_names_what_it_fitted_and_what_it_assumed(capsys, tmp_path):
         assert {"mode", "workers_per_trial", "concurrent_trials", "predicted_wall_s"} <= set(p)
         assert p["predicted_wall_s"] > 0 and not math.isnan(p["predicted_wall_s"])
     assert out["recommended"] in out["predictions"]
-    assert [p["workers_per_trial"] for p in out["predictions"]] == [1, 2, 4]
+    assert [(p["mode"], p["workers_per_trial"]) for p in out["predictions"]] == [
+        ("experiment", 1), ("hybrid", 2), ("data", 4), ("auto", 1)]
     fitted = {f["constant"]: f for f in out["fitted"]}
     assert {"step_s", "beta_s_per_byte", "contention[2]", "batch_cost"} <= set(fitted)
     assert fitted["step_s"]["value"] == pytest.approx(1.0) and fitted["step_s"]["from"] == ["1 worker"]
