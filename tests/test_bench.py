@@ -254,7 +254,7 @@ def test_each_repeat_has_its_own_seed_and_trial_order(tmp_path, monkeypatch, cac
 
     monkeypatch.setattr(B, "_run_one", record)
     B._run_points([("experiment", 1, 1, None), ("data", 2, 2, "global-batch")], 3, B.BenchDir(tmp_path),
-                  cache_dir, space, 1, B.make_config({"seed": 5}), 8, 1.0, 0.0, None)
+                  cache_dir, space, 1, B.make_config({"seed": 5}), 8, 1.0, 0.0, None, "fifo")
     seeds = {name: seed for name, (seed, _) in seen.items()}
     assert seeds == {"experiment-w1-r1": 5, "experiment-w1-r2": 6, "experiment-w1-r3": 7,
                      "data-w2-global-batch-r1": 5, "data-w2-global-batch-r2": 6, "data-w2-global-batch-r3": 7}
