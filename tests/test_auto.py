@@ -158,3 +158,15 @@ def test_before_any_regroup_the_pool_takes_a_trials_start_up_as_its_cost():
     given = PoolState(workers=2, sizes=[1, 2], regroup_s=0.0)  # --auto-regroup-s 0: the start-up is not used
     given.started("a", 2)
     assert given.epoch_end("a", 1, 2, 0.5, 1.0, 5, startup_s=4.0) == 2
+
+
+def test_a_growth_ray_could_not_place_is_not_judged_as_one_that_did_not_pay():
+    pool = PoolState(workers=4, sizes=[1, 2, 4], regroup_s=0.0)
+    pool.started("a", 4)
+    pool.started("b", 4)
+    assert pool.epoch_end("a", 1, 4, 0.9, 10.0, 9) == 2  # b holds a worker: 3 free, K 3 does not divide 4
+    pool.ended("b")
+    assert pool.epoch_end("a", 2, 4, 0.9, 6.0, 8) == 4  # 40 % faster at 2: kept; b gone: asks for 4
+    pool.resized("a", 2)  # Ray placed none of the 2 extra bundles in time
+    assert pool.epoch_end("a", 2, 4, 0.9, 6.0, 7) == 4  # an epoch on 2 is not a growth to 4 that did not pay
+    assert (4, 4) not in pool.slow and (4, 2) not in pool.slow

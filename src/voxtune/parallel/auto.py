@@ -139,10 +139,9 @@ class PoolState:
 
     def resized(self, trial_id: str, k: int) -> None:
         """The K a trial got (less than asked when Ray could not reserve the bundles in time)."""
-        if trial_id in self.running:
-            self.running[trial_id].k = k
-            if k == 1:
-                self.running[trial_id].grew_from = None
+        trial = self.running.get(trial_id)
+        if trial is not None and k != trial.k:  # it did not get the K asked for: no growth to judge
+            trial.k, trial.grew_from = k, None
 
     def changes(self) -> list[dict[str, Any]]:
         return list(self.log)
