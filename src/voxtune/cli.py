@@ -59,6 +59,8 @@ def _train_config(args: argparse.Namespace):
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if args.folds is not None:
+        overrides["folds"] = args.folds
     return load_config(args.config, overrides)
 
 
@@ -67,8 +69,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     summary = fit(cfg, args.cache, args.out, threads=args.threads, log=print)
-    print(f"best val_dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; "
-          f"{summary['epochs']} epochs in {summary['train_time_s']:.1f}s; run in {args.out}")
+    if "folds" in summary:
+        last = summary["metrics"][-1] if summary["metrics"] else {}
+        best = (f"cross-validated val_dice {summary['best_val_dice']:.4f} +- {last.get('cv_dice_std', 0.0):.4f} "
+                f"(folds: {', '.join(f'{d:.4f}' for d in last.get('fold_best_dice', []))})")
+    else:
+        best = f"best val_dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}"
+    print(f"{best}; {summary['epochs']} epochs in {summary['train_time_s']:.1f}s; run in {args.out}")
     return 0
 
 
@@ -116,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.checkpoint is None):
         raise VoxtuneError("give exactly one of --run RUN or --checkpoint FILE")
     predict(run=args.run, checkpoint=args.checkpoint, source=args.input, out=args.out, label=args.label,
-            overlap=args.overlap)
+            overlap=args.overlap, fold=args.fold)
     return 0
 
 
@@ -170,6 +177,8 @@ def _config_flags(p: argparse.ArgumentParser, epochs: int | None) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key (repeatable)")
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per trial" + (f" (default {epochs})" if epochs
                                                                                      else ""))
+    p.add_argument("--folds", type=int, help="K >= 2: cross-validate, K fold models per config on the train and val "
+                   "cases pooled, ranked by their mean (default 1: the cache's split)")
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
@@ -304,6 +313,7 @@ def _result_verbs(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the label maps")
     p.add_argument("--label", help="ground-truth NIfTI: print per-region Dice and HD95")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-trained runs)")
+    p.add_argument("--fold", type=int, help="a cross-validated run: fold i's model alone (default: the folds' ensemble)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a search")

@@ -45,6 +45,8 @@ class TrainConfig:
     val_metric: str = "hard_dice"  # hard_dice: thresholded, per case; soft_dice: on probabilities (the paper)
     precise_bn: bool = True  # recompute BatchNorm statistics with the current weights before each validation
     unet_style: str = "voxtune"  # unet3d only; paper: 3^3 up-convolutions and head, conv bias, the paper's init
+    folds: int = 1  # 1: the cache's train/val split; K >= 2: train + val cases pooled, cut into K seeded folds
+    fold: int | None = None  # with folds K: null trains all K fold models side by side; i trains fold i's alone
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,10 +70,10 @@ def _check(key: str, ok: bool, what: str) -> None:
 def _coerce(key: str, value: Any) -> Any:
     """Coerce a YAML/CLI value to the field's type, or raise naming the key."""
     default = getattr(TrainConfig, key, None)
-    if key in ("num_workers", "amp"):  # null (or auto): decided by the machine the run lands on
+    if key in ("num_workers", "amp", "fold"):  # null (or auto): decided by the machine the run lands on
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "auto", "")):
             return None
-        default = 0 if key == "num_workers" else False
+        default = False if key == "amp" else 0
     if key == "patch_size":
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
             return None
@@ -133,6 +135,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check("num_workers", cfg.num_workers is None or 0 <= cfg.num_workers <= 64,
            f"{cfg.num_workers} is outside 0..64 (or null: derived from the CPUs)")
     _check("seed", cfg.seed >= 0, f"{cfg.seed} must be >= 0")
+    _check("folds", 1 <= cfg.folds <= 20, f"{cfg.folds} is outside 1..20 (1: the cache's own train/val split)")
+    if cfg.fold is not None:
+        _check("fold", cfg.folds > 1 and 0 <= cfg.fold < cfg.folds,
+               f"{cfg.fold}: with folds {cfg.folds} it must be null" + (f" or 0..{cfg.folds - 1}" if cfg.folds > 1 else ""))
     if cfg.patch_size is not None:
         step = 2 ** cfg.depth
         _check("patch_size", all(p % step == 0 for p in cfg.patch_size),

@@ -6,6 +6,7 @@
       checkpoints/   last.pt (resume), best.pt (predict)   best.json         the best trial and its test score
       tb/            TensorBoard events                    summary.json      counts and timings
       trial.json     (a trial only) its state              trials/<id>/      a TRAIN folder per trial
+      folds/<i>/     (folds K) fold i's model: a TRAIN folder; metrics.json above holds the fold means
                                                            ray/              Ray Tune's own state
     BENCH (voxtune bench --out)
       bench.json  bench.md  speedup.png  runs/<name>/ (a RUN per search)  runs/stale/<name>/
@@ -63,6 +64,10 @@ class TrainDir(_Folder):
     @property
     def report(self) -> Path:
         return self.path / "report.html"
+
+    def fold(self, i: int) -> TrainDir:
+        """A cross-validated run's fold i (config folds K >= 2): its own model, metrics and checkpoints."""
+        return TrainDir(self.path / "folds" / str(i))
 
 
 @dataclass(frozen=True)

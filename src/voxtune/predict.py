@@ -27,14 +27,19 @@ from voxtune.layout import RunDir, TrainDir
 
 from voxtune.data.cache import REGION_LABEL
 
-def resolve_checkpoint(run: str | Path | None = None, checkpoint: str | Path | None = None) -> Path:
-    """The best.pt to use: `checkpoint` itself, a search RUN's best trial (best.json), or a train RUN's
-    checkpoints/best.pt. Anything missing -> VoxtuneError naming the file."""
+def resolve_checkpoints(run: str | Path | None = None, checkpoint: str | Path | None = None,
+                        fold: int | None = None) -> list[Path]:
+    """The best.pt files to predict with (more than one: their ensemble): `checkpoint` itself; a search
+    RUN's best trial (best.json: its checkpoint, or every fold model's of a cross-validated search); a
+    train RUN's checkpoints/best.pt, or its folds' (`voxtune train --folds K`). `fold` i picks fold
+    i's model alone. Anything missing -> VoxtuneError naming the file."""
     if checkpoint is not None:
         path = Path(checkpoint)
+        if fold is not None:
+            raise VoxtuneError("--fold picks a fold model of --run; a --checkpoint is one model already: drop --fold")
         if not path.is_file():
             raise VoxtuneError(f"--checkpoint {path}: no such file")
-        return path
+        return [path]
     if run is None:
         raise VoxtuneError("give exactly one of --run RUN or --checkpoint FILE")
     run = Path(run)
@@ -45,19 +50,35 @@ def resolve_checkpoint(run: str | Path | None = None, checkpoint: str | Path | N
         import json
 
         try:
-            rel = json.loads(best_json.read_text(encoding="utf-8"))["checkpoint"]
-        except (ValueError, KeyError, TypeError) as exc:
+            best = json.loads(best_json.read_text(encoding="utf-8"))
+            rels = best.get("checkpoints") or [best["checkpoint"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise VoxtuneError(f"{best_json}: unreadable ({type(exc).__name__}); re-run the search") from None
-        path = run / rel
-        if not path.is_file():
-            raise VoxtuneError(f"{best_json} names checkpoint {rel}, but {path} is missing")
-        return path
+        paths = _pick_fold([run / rel for rel in rels], fold, f"{best_json} names", "checkpoints" in best)
+        for path in paths:
+            if not path.is_file():
+                raise VoxtuneError(f"{best_json} names checkpoint {path.relative_to(run)}, but {path} is missing")
+        return paths
+    folds = sorted(run.glob("folds/*/checkpoints/best.pt"), key=lambda p: int(p.parent.parent.name))
+    if folds and not TrainDir(run).best_checkpoint.is_file():
+        return _pick_fold(folds, fold, f"{run} holds", True)
     path = TrainDir(run).best_checkpoint
     if not path.is_file():
         hint = ("the search has no best trial yet (no best.json)" if RunDir(run).leaderboard.exists()
                 else "train it first (`voxtune train`)")
         raise VoxtuneError(f"--run {run}: no checkpoint ({path} missing; {hint})")
-    return path
+    return _pick_fold([path], fold, f"{run} holds", False)
+
+
+def _pick_fold(paths: list[Path], fold: int | None, where: str, folds: bool) -> list[Path]:
+    """All of `paths` (fold i's at [i]), or fold `fold`'s alone."""
+    if fold is None:
+        return paths
+    if not folds:
+        raise VoxtuneError(f"--fold {fold}: {where} one model, not a cross-validation's folds; drop --fold")
+    if not 0 <= fold < len(paths):
+        raise VoxtuneError(f"--fold {fold}: {where} {len(paths)} fold models (0..{len(paths) - 1})")
+    return [paths[fold]]
 
 
 def _load(checkpoint: Path, device):
@@ -103,7 +124,9 @@ def read_image(path: Path, channels: int) -> tuple[Any, np.ndarray]:
 
 
 def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) -> np.ndarray:
-    """Region masks bool [R, X, Y, Z] on the source grid for a source image float32 [X, Y, Z, C]."""
+    """Region masks bool [R, X, Y, Z] on the source grid for a source image float32 [X, Y, Z, C].
+    `model`: one network, or a list of them (a cross-validation's fold models, trained on one cache):
+    their ensemble, the mean of their probabilities."""
     import torch
     import torch.nn.functional as F
 
@@ -121,11 +144,13 @@ def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) 
     prepared = x.shape[1:]
     # The values training saw: the cache stores images in this dtype (float16 by default).
     x = x.astype(prep.get("image_dtype") or "float32").astype(np.float32)
-    device = next(model.parameters()).device
-    batch = torch.from_numpy(pad_to_divisor(x, model.divisor))[None].to(device)  # as validation pads
+    models = model if isinstance(model, list) else [model]
+    device = next(models[0].parameters()).device
+    batch = torch.from_numpy(pad_to_divisor(x, models[0].divisor))[None].to(device)  # as validation pads
     with torch.no_grad():
-        logits = infer(model, batch, state["config"].get("patch_size"), overlap=overlap)
-    probs = torch.sigmoid(logits.float())[..., :prepared[0], :prepared[1], :prepared[2]]
+        probs = torch.stack([torch.sigmoid(infer(m, batch, state["config"].get("patch_size"), overlap=overlap).float())
+                             for m in models]).mean(0)
+    probs = probs[..., :prepared[0], :prepared[1], :prepared[2]]
     cropped = (image.shape[0], image.shape[1], image.shape[2] - sum(crop))
     if tuple(prepared) != cropped:  # undo the resize on probabilities, then threshold
         probs = F.interpolate(probs, size=cropped, mode="trilinear", align_corners=False)
@@ -207,7 +232,8 @@ def _format(case_id: str, metrics: dict[str, float], regions: list[str]) -> str:
 
 
 def predict(run: str | Path | None = None, checkpoint: str | Path | None = None, *, source: str | Path,
-            out: str | Path, label: str | Path | None = None, overlap: float = 0.5) -> list[dict]:
+            out: str | Path, label: str | Path | None = None, overlap: float = 0.5,
+            fold: int | None = None) -> list[dict]:
     """Write a label map per source image into `out`; return one record per image.
 
     Record: {"case_id", "source", "output", "shape"} plus "dice_<region>", "hd95_<region>" with `label`.
@@ -222,9 +248,14 @@ def predict(run: str | Path | None = None, checkpoint: str | Path | None = None,
     items = _sources(source)
     if label is not None and Path(source).is_dir():
         raise VoxtuneError("--label needs a single image as --input, not an MSD folder")
-    ckpt = resolve_checkpoint(run, checkpoint)
+    ckpts = resolve_checkpoints(run, checkpoint, fold)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model, state = _load(ckpt, device)
+    loaded = [_load(c, device) for c in ckpts]
+    model, state = [m for m, _ in loaded], loaded[0][1]
+    for c, (_, other) in zip(ckpts[1:], loaded[1:]):
+        if (other["prepare"], other["regions"], other["in_channels"]) != (state["prepare"], state["regions"],
+                                                                           state["in_channels"]):
+            raise VoxtuneError(f"{c}: prepared or labelled unlike {ckpts[0]}; an ensemble needs models of one cache")
     regions = list(state["regions"])
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -256,7 +287,8 @@ def predict(run: str | Path | None = None, checkpoint: str | Path | None = None,
             record.update(score(region_masks(label_map, regions), region_masks(truth, regions), spacing, regions))
             tqdm.write(_format(case_id, record, regions))
         records.append(record)
-    print(f"wrote {len(records)} label map{'s' if len(records) != 1 else ''} to {out} (checkpoint {ckpt})")
+    used = f"checkpoint {ckpts[0]}" if len(ckpts) == 1 else f"ensemble of the {len(ckpts)} fold models of {ckpts[0].parents[3]}"
+    print(f"wrote {len(records)} label map{'s' if len(records) != 1 else ''} to {out} ({used})")
     if failed:
         raise VoxtuneError(f"{len(failed)} of {len(items)} images failed: " + "; ".join(failed))
     return records

@@ -160,6 +160,20 @@ def _bench_section(path: Path) -> str:
 # ---------------------------------------------------------------- pages
 
 
+def _folds_table(best: dict[str, Any]) -> str:
+    """The best config's fold models (validation on their own fold, test) and their ensemble's test score."""
+    rows = [{"model": f"fold {f['fold']}", "val Dice (its fold)": f.get("val_dice"), "best epoch": f.get("best_epoch"),
+             "test Dice": (f.get("test") or {}).get("test_dice"), "checkpoint": f.get("checkpoint")}
+            for f in best["folds"]]
+    val = best.get("validation", {})
+    rows.append({"model": f"ensemble of {len(rows)}", "val Dice (its fold)": val.get("val_dice"),
+                 "best epoch": "", "test Dice": (best.get("test") or {}).get("test_dice"),
+                 "checkpoint": "mean of the folds' probabilities"})
+    return (_table(list(rows[0]), rows) + "<p><small>The ensemble's val Dice is the folds' mean (each fold model "
+            "on the cases it never trained on); `voxtune predict --run RUN` uses the ensemble, --fold i one model."
+            "</small></p>")
+
+
 def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
     layout = RunDir(run)
     with open(layout.leaderboard, newline="", encoding="utf-8") as f:
@@ -178,8 +192,10 @@ def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
         cards += [(k, v) for k, v in (best.get("searched") or {}).items()]
         regions = [(f"{split} Dice, {k.split('_dice_')[1].replace('_', ' ')}", v)
                    for split, metrics in (("val", val), ("test", test))
-                   for k, v in metrics.items() if "_dice_" in k]
+                   for k, v in metrics.items() if "_dice_" in k and k not in ("val_dice_std", "val_dice_folds")]
         out.append(("Best trial", _cards(cards) + "<p></p>" + _facts(regions)))
+        if best.get("folds"):
+            out.append(("Cross-validation folds", _folds_table(best)))
     else:
         out.append(("Best trial", note("No best.json: the search has not finished (or every trial failed).")))
 
@@ -208,10 +224,13 @@ def _search_sections(run: Path, bench: Path | None) -> list[tuple[str, str]]:
                          "predictions are not shown; re-run `voxtune prepare` there to bring them back.")
         else:
             try:
-                pred = predictions(run / best["checkpoint"], cache_dir)
+                # A fold model trained on the cache's val cases but one fold's: it is shown on test cases.
+                pred = predictions(run / best["checkpoint"], cache_dir,
+                                   splits=("test",) if best.get("folds") else ("val", "test"))
             except (VoxtuneError, OSError, KeyError, ValueError) as exc:
                 pred = note(f"Predictions could not be drawn: {exc}")
-    out.append(("Best trial on validation cases", pred))
+    out.append(("Best fold model on test cases" if best and best.get("folds") else "Best trial on validation cases",
+                pred))
 
     facts = [(label, summary.get(k)) for k, label in _TIMING.items()]
     status = summary.get("status")

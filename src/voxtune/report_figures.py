@@ -114,8 +114,9 @@ def effects(rows: list[dict], searched: list[str], best: str | None) -> str:
     return figure_tag(fig, "hyperparameter effects")
 
 
-def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
-    """FLAIR slice of a few validation cases with truth (solid) and prediction (dashed) contours."""
+def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4, splits: tuple[str, ...] = ("val", "test")) -> str:
+    """FLAIR slice of a few cases of the first of `splits` that has any, with truth (solid) and
+    prediction (dashed) contours."""
     import torch
     from matplotlib.lines import Line2D
 
@@ -127,9 +128,9 @@ def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4) -> str:
 
     plt = pyplot()
     manifest = read_manifest(cache_dir)
-    ids = case_ids(manifest, "val")[:max_cases] or case_ids(manifest, "test")[:max_cases]
+    ids = next((found[:max_cases] for found in (case_ids(manifest, split) for split in splits) if found), [])
     if not ids:
-        return note(f"The cache {cache_dir} has no validation or test cases to show.")
+        return note(f"The cache {cache_dir} has no {' or '.join(splits)} cases to show.")
     model, state = load_model(checkpoint)
     regions = list(state["regions"])
     cases = CaseDataset(cache_dir, ids, divisor=model.divisor)  # padded as validation pads them

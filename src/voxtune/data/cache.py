@@ -119,6 +119,21 @@ def case_ids(manifest: dict, split: str | None = None) -> list[str]:
     return [c["id"] for c in manifest["cases"] if split is None or c["split"] == split]
 
 
+def train_val_ids(manifest: dict, folds: int = 1, fold: int | None = None) -> tuple[list[str], list[str]]:
+    """(train ids, val ids) of a run: the cache's own split when folds == 1, else fold `fold` of the
+    train and val cases pooled and cut into `folds` folds (every case validates in exactly one fold;
+    the test split is never touched). The cut is seeded by the cache's split seed, not a run's: every
+    config and training seed of a search, and a resumed search, meet the same folds (as nnU-Net's
+    fixed split seed does)."""
+    if folds == 1:
+        return case_ids(manifest, "train"), case_ids(manifest, "val")
+    pool = case_ids(manifest, "train") + case_ids(manifest, "val")
+    shuffled = sorted(pool)
+    np.random.default_rng(int(manifest.get("seed", 0))).shuffle(shuffled)
+    val = set(shuffled[fold::folds])
+    return [c for c in pool if c not in val], [c for c in pool if c in val]
+
+
 def region_names(manifest: dict) -> list[str]:
     """Label channel names, e.g. ["whole_tumour"] or ["whole_tumour", "tumour_core", "enhancing_tumour"]."""
     return list(manifest["regions"])

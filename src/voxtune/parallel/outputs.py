@@ -31,6 +31,22 @@ def worker_history(records: list[dict[str, Any]], default: Any = "") -> Any:
     return " ".join(f"{k}@e{epoch}" for epoch, k in changes)
 
 
+def best_validation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A trial's leaderboard scores: its best epoch's val_dice (and val_dice_<region>); for a
+    cross-validated trial (voxtune.train.crossval) the mean of its folds' best val Dice, their spread
+    (val_dice_std) and each fold's value and best epoch (";"-separated, fold 0 first)."""
+    last = records[-1] if records else {}
+    if "cv_dice" not in last:
+        best = max(records, key=lambda r: r["val_dice"], default={})
+        return {"best_epoch": best.get("epoch", ""), "val_dice": best.get("val_dice", ""),
+                **{k: v for k, v in best.items() if k.startswith("val_dice_")}}
+    regions = {"val_dice_" + k[len("cv_dice_"):]: v for k, v in last.items()
+               if k.startswith("cv_dice_") and k != "cv_dice_std"}
+    return {"best_epoch": ";".join(str(e) for e in last["fold_best_epoch"]), "val_dice": last["cv_dice"],
+            **regions, "val_dice_std": last["cv_dice_std"],
+            "val_dice_folds": ";".join(f"{d:.4f}" for d in last["fold_best_dice"])}
+
+
 def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -> float | None:
     """When the first epoch that ended after `since` (a search's start) began, over every trial: the end
     of a search's start-up (workers, imports, DDP groups, model build), or None when none trained."""
@@ -49,12 +65,9 @@ def trial_rows(run_dir: Path, searched: list[str]) -> list[dict[str, Any]]:
         if not info:
             continue
         records = read_json(trial_dir.metrics, [])
-        best = max(records, key=lambda r: r["val_dice"], default={})
         done = training_totals(records)
         row = {"trial_id": info.get("trial_id", trial_dir.name), **{k: info["config"].get(k) for k in searched},
-               "status": info.get("status", "unknown"), "epochs": done["epochs"], "best_epoch": best.get("epoch", ""),
-               "val_dice": best.get("val_dice", "")}
-        row.update({k: v for k, v in best.items() if k.startswith("val_dice_")})
+               "status": info.get("status", "unknown"), "epochs": done["epochs"], **best_validation(records)}
         row.update({"train_time_s": round(done["train_time_s"], 3),
                     "node": info.get("node", ""),  # rank 0's; nodes: every rank's
                     "nodes": ";".join(dict.fromkeys(info.get("nodes") or [info.get("node", "")])),
@@ -87,7 +100,9 @@ def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 def format_leaderboard(rows: list[dict[str, Any]], searched: list[str], limit: int = 10) -> str:
     """A terminal table of the top trials."""
-    cols = ["trial_id", *searched, "status", "epochs", "val_dice", "train_time_s", "workers"]
+    folds = any(r.get("val_dice_std", "") != "" for r in rows)  # a cross-validated search: the folds' spread
+    cols = ["trial_id", *searched, "status", "epochs", "val_dice", *(["val_dice_std"] if folds else []),
+            "train_time_s", "workers"]
     table = [[short(r.get(c, "")) for c in cols] for r in rows[:limit]]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731

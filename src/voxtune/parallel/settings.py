@@ -89,6 +89,10 @@ class SearchSettings:
         if self.search == "grid" and (self.num_samples or 1) > 1 and "seed" in self.space:
             raise VoxtuneError("--num-samples repeats the grid with seeds of its own, but the space searches "
                                "'seed' already; drop one of them")
+        for key in ("folds", "fold"):
+            if key in self.space:
+                raise VoxtuneError(f"the search space searches '{key}', but every config of a search is judged on the "
+                                   "same folds; drop it from the space and give --folds K")
         if count_trials(self.space, self.search, self.num_samples) < 1:
             raise VoxtuneError("the search space yields no trials")
         recipe = self.ddp_recipe

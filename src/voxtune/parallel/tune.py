@@ -239,7 +239,8 @@ def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: di
         "ddp_recipe": settings.ddp_recipe,
         "concurrent_trials": settings.concurrent_trials, "cpus_per_worker": settings.cpus_per_worker,
         "gpus_per_worker": settings.gpus_per_worker, "search": settings.search,
-        "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs, "trials": len(rows),
+        "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs,
+        "folds": make_config(settings.base_config).folds, "trials": len(rows),
         "status": outputs.status_counts(rows), "interrupted": interrupted,
         # The timing fields, as the README's glossary defines them (every span in seconds):
         "ray_init_s": ray_init_s,
@@ -292,33 +293,45 @@ def _settle_trials(run_dir: Path, settings: SearchSettings, results, folders: di
                                                      "it, and this config was not run again")
 
 
-def _evaluate(checkpoint: str, cache_dir: str, split: str, threads: int) -> dict[str, Any]:
-    """voxtune.train.evaluate.evaluate, imported in the Ray worker: the driver never loads torch or MONAI."""
-    from voxtune.train.evaluate import evaluate
+def _evaluate(checkpoints: list[str], cache_dir: str, split: str, threads: int) -> dict[str, Any]:
+    """voxtune.train.evaluate.evaluate_models, imported in the Ray worker: the driver never loads torch or MONAI."""
+    from voxtune.train.evaluate import evaluate_models
 
-    return evaluate(checkpoint, cache_dir, split, threads)
+    return evaluate_models(checkpoints, cache_dir, split, threads)
 
 
 def _write_best(run_dir: Path, settings: SearchSettings, row: dict[str, Any]) -> dict[str, Any]:
-    """best.json: the best trial's config, its validation metrics, and test metrics of its best checkpoint."""
+    """best.json: the best trial's config, its validation metrics, and test metrics of its best checkpoint;
+    of a cross-validated trial, each fold model's and their ensemble's (test: the ensemble's; checkpoint:
+    the fold model best on its validation fold; checkpoints: every fold's, which predict ensembles)."""
     import ray
 
     trial_dir = RunDir(run_dir).trial(row["trial_id"])
     info = state.read(trial_dir.path)
-    checkpoint = trial_dir.best_checkpoint
+    config = make_config(info["config"], base=make_config(settings.base_config))
+    folds = [trial_dir.fold(i) for i in range(config.folds)] if config.folds > 1 and config.fold is None else []
+    checkpoints = [d.best_checkpoint for d in folds] or [trial_dir.best_checkpoint]
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
     threads = max(1, int(settings.cpus_per_worker))
     try:
-        test = ray.get(ray.remote(**resources)(_evaluate).remote(str(checkpoint), settings.cache_dir, "test", threads))
+        test = ray.get(ray.remote(**resources)(_evaluate).remote([str(c) for c in checkpoints], settings.cache_dir,
+                                                                  "test", threads))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, VoxtuneError):
             raise exc.cause from None
         raise
-    best = {"trial_id": row["trial_id"], "config": make_config(info["config"],
-                                                                 base=make_config(settings.base_config)).to_dict(),
+    rel = [str(c.relative_to(run_dir)) for c in checkpoints]
+    best = {"trial_id": row["trial_id"], "config": config.to_dict(),
             "searched": info["config"], "ddp_recipe": settings.ddp_recipe, "workers_per_trial": settings.per_trial(),
-            "checkpoint": str(checkpoint.relative_to(run_dir)),
+            "checkpoint": rel[0],
             "validation": {k: v for k, v in row.items() if k.startswith("val_dice")} | {"best_epoch": row["best_epoch"]},
-            "test": test}
+            "test": test["models"][0]}
+    if folds:
+        last = (read_json(trial_dir.metrics, []) or [{}])[-1]
+        dice, epochs = last.get("fold_best_dice", [None] * len(folds)), last.get("fold_best_epoch", [None] * len(folds))
+        best |= {"checkpoint": rel[max(range(len(folds)), key=lambda i: dice[i] or -1.0)], "checkpoints": rel,
+                 "folds": [{"fold": i, "checkpoint": rel[i], "val_dice": dice[i], "best_epoch": epochs[i],
+                            "test": test["models"][i]} for i in range(len(folds))],
+                 "test": test["ensemble"]}
     write_json(RunDir(run_dir).best, best)
     return best

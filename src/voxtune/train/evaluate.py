@@ -26,23 +26,39 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tu
 @torch.no_grad()
 def evaluate(checkpoint: str | Path, cache_dir: str | Path, split: str = "test", threads: int | None = None) -> dict[str, Any]:
     """{"<split>_dice": mean over regions and cases, "<split>_dice_<region>": ..., "<split>_cases": n}."""
+    return evaluate_models([checkpoint], cache_dir, split, threads)["models"][0]
+
+
+@torch.no_grad()
+def evaluate_models(checkpoints: list[str | Path], cache_dir: str | Path, split: str = "test",
+                    threads: int | None = None) -> dict[str, Any]:
+    """Scores (as evaluate's) of each checkpoint, "models", and of their ensemble, "ensemble": the mean of
+    the models' probabilities sigmoid(logits) [1, R, X, Y, Z], thresholded at 0.5 (nnU-Net's and
+    MONAI Auto3DSeg's fold ensemble). One model: its ensemble is itself."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model, state = load_model(checkpoint, device)
+    loaded = [load_model(c, device) for c in checkpoints]
+    regions = loaded[0][1]["regions"]
     ids = case_ids(read_manifest(cache_dir), split)
-    patch = state["config"]["patch_size"]
-    dataset = CaseDataset(cache_dir, ids, patch_size=None, augment=False, divisor=model.divisor)
-    sums = torch.zeros(len(state["regions"]), dtype=torch.float64)
+    dataset = CaseDataset(cache_dir, ids, patch_size=None, augment=False, divisor=loaded[0][0].divisor)
+    sums = torch.zeros(len(loaded) + 1, len(regions), dtype=torch.float64)  # each model's, then the ensemble's
     for i in range(len(dataset)):
         image, label = dataset[i]
-        logits = infer(model, image[None].to(device).float(), patch)
-        sums += dice_per_region(logits, label[None].to(device))[0].double().cpu()
-    per_region = (sums / max(len(ids), 1)).tolist()
-    out: dict[str, Any] = {f"{split}_dice": sum(per_region) / len(per_region) if ids else None}
-    out.update({f"{split}_dice_{name}": (d if ids else None) for name, d in zip(state["regions"], per_region)})
-    out[f"{split}_cases"] = len(ids)
-    return out
+        image, label = image[None].to(device).float(), label[None].to(device)
+        logits = [infer(model, image, state["config"]["patch_size"]).float() for model, state in loaded]
+        mean = torch.stack([torch.sigmoid(x) for x in logits]).mean(0).clamp(1e-7, 1 - 1e-7)
+        for j, x in enumerate([*logits, torch.logit(mean)]):
+            sums[j] += dice_per_region(x, label)[0].double().cpu()
+
+    def scores(per_region: list[float]) -> dict[str, Any]:
+        out: dict[str, Any] = {f"{split}_dice": sum(per_region) / len(per_region) if ids else None}
+        out.update({f"{split}_dice_{name}": (d if ids else None) for name, d in zip(regions, per_region)})
+        out[f"{split}_cases"] = len(ids)
+        return out
+
+    per_model = [scores((row / max(len(ids), 1)).tolist()) for row in sums]
+    return {"models": per_model[:-1], "ensemble": per_model[-1]}
 
 
 @torch.no_grad()

@@ -24,17 +24,17 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
-from voxtune.config import TrainConfig, make_config, read_yaml, write_config
-from voxtune.data.cache import case_ids, read_manifest, region_names
+from voxtune.config import TrainConfig, write_config
+from voxtune.data.cache import read_manifest, region_names, train_val_ids
 from voxtune.data.loader import CaseDataset, GlobalBatchSampler, collate_parts, loader_workers
 from voxtune.errors import VoxtuneError
-from voxtune.files import disk_full, is_disk_full, write_json
+from voxtune.files import write_json
 from voxtune.layout import TrainDir
 from voxtune.machine import usable_cpus
 from voxtune.models import build_model
 from voxtune.train import syncbn
 from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
-from voxtune.train.checkpoint import load_checkpoint, save_checkpoint
+from voxtune.train.checkpoint import best_state, resume, save_checkpoint, save_epoch
 from voxtune.train.evaluate import validate_cases as _validate  # tests spy on loop._validate
 
 # report(record) -> True asks the loop to stop after this epoch (a scheduler's early stop).
@@ -79,27 +79,6 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _check_same_run(cfg: TrainConfig, run: TrainDir, world: int, state: dict[str, Any], saved_world: int) -> None:
-    """Refuse to resume a run whose saved config differs (other than a longer `epochs`). The ranks may
-    change where the problem does not: the same global batch (batch_size x ranks: each rank takes its
-    part of the same global batches, voxtune.data.loader.GlobalBatchSampler) and no lr x ranks."""
-    out_dir, saved_path = run.path, run.config
-    if "config" not in state and not saved_path.exists():
-        return
-    # The checkpoint's own config: rank 0 rewrites config.yaml as it starts, maybe before a peer reads it.
-    saved = make_config(state.get("config") or read_yaml(saved_path)).to_dict()
-    ours = cfg.to_dict()
-    diff = [k for k in ours if k not in ("epochs", "batch_size") and saved.get(k) != ours[k]]
-    if saved["batch_size"] * saved_world != cfg.batch_size * world:
-        diff.append(f"batch_size: a global batch of {saved['batch_size'] * saved_world} there, "
-                    f"{cfg.batch_size * world} here")
-    elif saved_world != world and cfg.scale_lr:
-        diff.append(f"scale_lr: lr x {saved_world} ranks there, x {world} here")
-    if diff:
-        raise VoxtuneError(f"{out_dir} holds a run with a different config ({', '.join(diff)}); "
-                           "choose another --out or delete it")
-
-
 @dataclass
 class _Trainer:
     """Everything one training run holds between epochs (built by _build, once per run)."""
@@ -130,65 +109,98 @@ class _Trainer:
         return image.contiguous(memory_format=torch.channels_last_3d) if self.device.type == "cuda" else image
 
 
+class Training:
+    """One model's run, an epoch at a time: built (or resumed from out_dir's last checkpoint) on
+    creation; each train_epoch trains, recomputes BatchNorm statistics, validates and (rank 0) saves.
+    fit drives one; voxtune.train.crossval drives a cross-validation's K fold models side by side."""
+
+    def __init__(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
+                 log: Callable[[str], None] | None = None, abort: Callable[[], bool] | None = None):
+        self.rank, self.world = _world()
+        self.cfg, self.run, self.abort = cfg, TrainDir(out_dir), abort
+        self.log = log if self.rank == 0 else None
+        torch.set_num_threads(max(1, threads or usable_cpus()))
+        self.t = _build(cfg, cache_dir, self.rank, self.world, threads)
+        self.records, self.best, self.best_epoch = resume(self.t, self.run, self.world, self.log)
+        self.writer = _open_writer(self.t, self.run) if self.rank == 0 else None
+
+    @property
+    def epoch(self) -> int:
+        """The last finished epoch (0 before the first)."""
+        return self.records[-1]["epoch"] if self.records else 0
+
+    def stop_if_aborted(self) -> None:
+        if self.abort is not None and self.abort():
+            raise Aborted("stopped: another rank of this trial failed")
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train the next epoch; returns its metrics record (the same on every rank)."""
+        t, cfg, epoch = self.t, self.cfg, self.epoch + 1
+        try:
+            t_epoch = time.perf_counter()
+            trained = _train_epoch(t, epoch, self.stop_if_aborted)
+            t_bn = time.perf_counter()
+            _recompute_bn_statistics(t, self.stop_if_aborted)
+            bn_stats_s = time.perf_counter() - t_bn
+            record = {"epoch": epoch, "train_loss": trained.pop("train_loss"),
+                      **_validate_epoch(t, self.stop_if_aborted), "epoch_time_s": time.perf_counter() - t_epoch,
+                      **trained, "bn_stats_s": bn_stats_s, "end_ts": time.time(), "workers": self.world}
+            self.records.append(record)
+            if self.rank == 0:
+                if record["val_dice"] > self.best:
+                    self.best, self.best_epoch = record["val_dice"], epoch
+                    save_checkpoint(self.run.best_checkpoint, best_state(t.model, cfg, t.manifest, t.regions, record))
+                save_epoch(t, self.run, self.writer, self.records, self.best, self.best_epoch)
+        except (RuntimeError, MemoryError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            raise _out_of_memory_line(cfg, self.run, t.device, epoch, self.world) from None
+        if self.log:
+            self.log(f"epoch {epoch}/{cfg.epochs}  train_loss {record['train_loss']:.4f}  "
+                     f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
+                     f"({record['epoch_time_s']:.1f}s)")
+        return record
+
+    def close(self, finished: bool) -> None:
+        """Close TensorBoard; a finished run that trained nothing still leaves its (empty) metrics.json."""
+        if self.writer is not None:
+            self.writer.close()
+        if finished and self.rank == 0 and not self.records:
+            write_json(self.run.metrics, self.records)
+
+    def summary(self, stopped_early: bool) -> dict[str, Any]:
+        return {"best_val_dice": max(self.best, -1.0), "best_epoch": self.best_epoch, "epochs": len(self.records),
+                "train_time_s": sum(r["epoch_time_s"] for r in self.records), "stopped_early": stopped_early,
+                "metrics": self.records}
+
+
 def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
         report: Reporter | None = None, log: Callable[[str], None] | None = None,
         abort: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Train `cfg` on the cache's train split, validate on its val split every epoch.
+    """Train `cfg` on the cache's train split (or its fold, cfg.folds), validate every epoch.
 
     Returns {"best_val_dice", "best_epoch", "epochs", "train_time_s", "stopped_early", "metrics"}.
     Under DDP every rank calls this with the same arguments; ranks shard cases and reduce metrics.
     abort() is asked before every step, statistics batch and validation case; True raises Aborted.
+    cfg.folds K >= 2 with no cfg.fold: the K fold models side by side (voxtune.train.crossval).
     """
+    if cfg.folds > 1 and cfg.fold is None:
+        from voxtune.train.crossval import fit_folds
 
-    def stop_if_aborted() -> None:
-        if abort is not None and abort():
-            raise Aborted("stopped: another rank of this trial failed")
-
-    rank, world = _world()
-    run = TrainDir(out_dir)
-    torch.set_num_threads(max(1, threads or usable_cpus()))
-    t = _build(cfg, cache_dir, rank, world, threads)
-    records, best, best_epoch = _resume(t, run, world, log if rank == 0 else None)
-    writer = _open_writer(t, run) if rank == 0 else None
-    epoch = first = records[-1]["epoch"] + 1 if records else 1
-    stopped_early = False  # (a scheduler's stop before the last epoch)
+        return fit_folds(cfg, cache_dir, out_dir, threads=threads, report=report, log=log, abort=abort)
+    run = Training(cfg, cache_dir, out_dir, threads=threads, log=log, abort=abort)
+    stopped_early, finished = False, False
     try:
-        for epoch in range(first, cfg.epochs + 1):
-            t_epoch = time.perf_counter()
-            trained = _train_epoch(t, epoch, stop_if_aborted)
-            t_bn = time.perf_counter()
-            _recompute_bn_statistics(t, stop_if_aborted)
-            bn_stats_s = time.perf_counter() - t_bn
-            record = {"epoch": epoch, "train_loss": trained.pop("train_loss"), **_validate_epoch(t, stop_if_aborted),
-                      "epoch_time_s": time.perf_counter() - t_epoch, **trained, "bn_stats_s": bn_stats_s,
-                      "end_ts": time.time(), "workers": world}
-            records.append(record)
-            stop = False
-            if rank == 0:
-                if record["val_dice"] > best:
-                    best, best_epoch = record["val_dice"], epoch
-                    save_checkpoint(run.best_checkpoint, _best_state(t.model, cfg, t.manifest, t.regions, record))
-                _save_epoch(t, run, writer, records, best, best_epoch)
-                if log:
-                    log(f"epoch {epoch}/{cfg.epochs}  train_loss {record['train_loss']:.4f}  "
-                        f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
-                        f"({record['epoch_time_s']:.1f}s)")
-                stop = report is not None and bool(report(record))
-            if _everyone_stops(stop, t.device):
-                stopped_early = epoch < cfg.epochs
+        while run.epoch < cfg.epochs:
+            record = run.train_epoch()
+            stop = run.rank == 0 and report is not None and bool(report(record))
+            if everyone_stops(stop, run.t.device):
+                stopped_early = record["epoch"] < cfg.epochs
                 break
-    except (RuntimeError, MemoryError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        raise _out_of_memory_line(cfg, run, t.device, epoch, world) from None
+        finished = True
     finally:
-        if writer is not None:
-            writer.close()
-    if rank == 0 and not records:
-        write_json(run.metrics, records)
-    return {"best_val_dice": max(best, -1.0), "best_epoch": best_epoch, "epochs": len(records),
-            "train_time_s": sum(r["epoch_time_s"] for r in records), "stopped_early": stopped_early,
-            "metrics": records}
+        run.close(finished)
+    return run.summary(stopped_early)
 
 
 def _device(cfg: TrainConfig) -> tuple[torch.device, tuple[bool, torch.dtype]]:
@@ -206,10 +218,12 @@ def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threa
     device, (use_amp, amp_dtype) = _device(cfg)
     manifest = read_manifest(cache_dir)
     regions = region_names(manifest)
-    train_ids, val_ids = case_ids(manifest, "train"), case_ids(manifest, "val")
+    train_ids, val_ids = train_val_ids(manifest, cfg.folds, cfg.fold)
     if not train_ids or not val_ids:
-        raise VoxtuneError(f"{cache_dir}: the cache needs at least one train and one val case "
-                           f"(has {len(train_ids)} and {len(val_ids)}); prepare more cases or change --split")
+        where = f"fold {cfg.fold} of {cfg.folds}" if cfg.folds > 1 else "the cache"
+        raise VoxtuneError(f"{cache_dir}: {where} needs at least one train and one val case "
+                           f"(has {len(train_ids)} and {len(val_ids)}); prepare more cases, change --split"
+                           + (" or use fewer folds" if cfg.folds > 1 else ""))
     in_channels = manifest["cases"][0]["image_shape"][0]
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -249,24 +263,6 @@ def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threa
     bn_cases = min(BN_STATS_CASES, len(train_set)) if cfg.precise_bn and batchnorm_layers(model) else 0
     return _Trainer(cfg, device, (use_amp, amp_dtype), model, net, optimizer, scaler, loss_fn, train_set, val_set,
                     sampler, loader, bn_cases, manifest, regions)
-
-
-def _resume(t: _Trainer, run: TrainDir, world: int,
-            log: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], float, int]:
-    """(records, best val Dice, its epoch) of the epochs a run folder's last.pt holds, its weights,
-    optimiser and RNG loaded into `t`; ([], -1, 0) for a new run."""
-    if not run.last_checkpoint.exists():
-        return [], -1.0, 0
-    state = load_checkpoint(run.last_checkpoint, map_location=t.device)
-    records = [r for r in state["metrics"] if r["epoch"] <= state["epoch"]]
-    _check_same_run(t.cfg, run, world, state, saved_world=(records or [{}])[-1].get("workers", 1))
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if log:
-        log(f"resuming {run.path} after epoch {state['epoch']}")
-    return records, state["best_val_dice"], state["best_epoch"]
 
 
 def _open_writer(t: _Trainer, run: TrainDir):
@@ -350,28 +346,7 @@ def _validate_epoch(t: _Trainer, stop_if_aborted: Callable[[], None]) -> dict[st
             **{f"val_dice_{name}": d for name, d in zip(t.regions, dice)}}
 
 
-def _save_epoch(t: _Trainer, run: TrainDir, writer, records: list[dict[str, Any]], best: float,
-                best_epoch: int) -> None:
-    """Rank 0, after every epoch: last.pt (the resume point), metrics.json and TensorBoard scalars."""
-    record = records[-1]
-    save_checkpoint(run.last_checkpoint, {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-                                          "scaler": t.scaler.state_dict(), "epoch": record["epoch"],
-                                          "best_val_dice": best, "best_epoch": best_epoch,
-                                          "torch_rng": torch.get_rng_state(), "metrics": records,
-                                          "config": t.cfg.to_dict()})
-    write_json(run.metrics, records)
-    for key, value in record.items():
-        if key not in ("epoch", "workers", "end_ts"):
-            writer.add_scalar(key, value, record["epoch"])
-    try:
-        writer.flush()
-    except OSError as exc:  # TensorBoard writes from its own thread and re-raises here
-        if is_disk_full(exc):
-            raise disk_full(run.tensorboard) from None
-        raise
-
-
-def _everyone_stops(stop: bool, device: torch.device) -> bool:
+def everyone_stops(stop: bool, device: torch.device) -> bool:
     """Rank 0's stop decision (a scheduler's early stop), followed by every rank."""
     if _world()[1] == 1:
         return stop
@@ -385,12 +360,3 @@ def _out_of_memory_line(cfg: TrainConfig, run: TrainDir, device: torch.device, e
     return OutOfMemory(f"{run.name}: out of memory on {device} in epoch {epoch} at batch_size {cfg.batch_size} "
                        f"over {world} rank(s), {patch}; lower batch_size, train on patches (--set "
                        "patch_size=[96,96,96]) or give each worker more memory")
-
-
-def _best_state(model, cfg: TrainConfig, manifest: dict, regions: list[str], record: dict) -> dict[str, Any]:
-    """Everything predict needs: weights, the config, and how the cache was preprocessed."""
-    prep = {k: manifest.get(k) for k in ("labels", "regions", "shape", "crop_z", "modalities",
-                                         "image_dtype", "normalise")}
-    return {"model": model.state_dict(), "config": cfg.to_dict(), "regions": regions,
-            "in_channels": manifest["cases"][0]["image_shape"][0], "prepare": prep,
-            "epoch": record["epoch"], "val": {k: v for k, v in record.items() if k.startswith("val_")}}
