@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+import voxtune.train.build as build
 import voxtune.train.loop as loop
 from voxtune.cli import main
 from voxtune.config import load_config, make_config, parse_overrides
@@ -95,22 +96,23 @@ def test_rerun_with_another_config_is_refused(cache_dir, tmp_path, capsys):
     assert len(err) == 1 and "different config (norm)" in err[0]
 
 
-def test_train_never_reads_the_test_split(cache_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("folds", [1, 3])
+def test_train_never_reads_the_test_split(cache_dir, tmp_path, monkeypatch, folds):
     seen: list[str] = []
-    real = loop.CaseDataset
+    real = build.CaseDataset
 
     def spy(cache, ids, *args, **kwargs):
         seen.extend(ids)
         return real(cache, ids, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "CaseDataset", spy)
-    loop.fit(make_config({"epochs": 1}), cache_dir, tmp_path / "run", threads=1)
+    monkeypatch.setattr(build, "CaseDataset", spy)
+    loop.fit(make_config({"epochs": 1, "folds": folds}), cache_dir, tmp_path / "run", threads=1)
     test_ids = set(case_ids(read_manifest(cache_dir), "test"))
     assert test_ids and seen and not test_ids & set(seen)
 
 
 def test_nan_loss_stops_with_a_clear_error(cache_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "DiceLoss", lambda **kw: (lambda logits, label: logits.mean() * float("nan")))
+    monkeypatch.setattr(build, "DiceLoss", lambda **kw: (lambda logits, label: logits.mean() * float("nan")))
     assert _train(cache_dir, tmp_path / "run", "--epochs", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "loss became nan at epoch 1" in err[0]
@@ -163,7 +165,7 @@ def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path, monk
     seen = {"train": [], "infer": []}
     from voxtune.train import evaluate
 
-    real_infer, real_forward = evaluate.infer, loop._Trainer.to_device
+    real_infer, real_forward = evaluate.infer, build.Trainer.to_device
 
     def spy_infer(model, image, patch_size, *args, **kwargs):
         seen["infer"].append((tuple(image.shape[2:]), patch_size))
@@ -174,7 +176,7 @@ def test_patch_training_with_sliding_window_validation(cache_dir, tmp_path, monk
         return real_forward(self, image)
 
     monkeypatch.setattr(evaluate, "infer", spy_infer)
-    monkeypatch.setattr(loop._Trainer, "to_device", spy_to_device)
+    monkeypatch.setattr(build.Trainer, "to_device", spy_to_device)
     summary = loop.fit(make_config({"epochs": 1, "patch_size": [16, 16, 16]}), cache_dir, tmp_path / "run", threads=1)
     assert 0.0 <= summary["best_val_dice"] <= 1.0
     assert seen["train"] and set(seen["train"]) == {(16, 16, 16)}  # training takes patches (the BN pass too)
@@ -240,13 +242,13 @@ def test_soft_validation_dice_is_the_papers_formula():
 
 def test_no_augmentation_means_no_flips(cache_dir, tmp_path, monkeypatch):
     seen = []
-    real = loop.CaseDataset
+    real = build.CaseDataset
 
     def spy(cache, ids, *args, **kwargs):
         seen.append(kwargs.get("augment"))
         return real(cache, ids, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "CaseDataset", spy)
+    monkeypatch.setattr(build, "CaseDataset", spy)
     loop.fit(make_config({"epochs": 1, "augment": False}), cache_dir, tmp_path / "run", threads=1)
     assert seen[0] is False
 
@@ -255,7 +257,7 @@ def test_no_augmentation_means_no_flips(cache_dir, tmp_path, monkeypatch):
                                    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
                                                 "9000000000 bytes")])
 def test_out_of_memory_is_one_line_naming_the_run_and_its_sizes(error, cache_dir, tmp_path, monkeypatch):
-    real = loop.build_model
+    real = build.build_model
 
     def hungry(cfg, *args):
         model = real(cfg, *args)
@@ -266,7 +268,7 @@ def test_out_of_memory_is_one_line_naming_the_run_and_its_sizes(error, cache_dir
         model.forward = forward
         return model
 
-    monkeypatch.setattr(loop, "build_model", hungry)
+    monkeypatch.setattr(build, "build_model", hungry)
     with pytest.raises(loop.OutOfMemory) as caught:
         loop.fit(make_config({"epochs": 1, "batch_size": 3, "patch_size": [16, 16, 16]}), cache_dir,
                  tmp_path / "trial_7", threads=1)
@@ -276,14 +278,14 @@ def test_out_of_memory_is_one_line_naming_the_run_and_its_sizes(error, cache_dir
 
 
 def test_an_error_that_is_not_out_of_memory_stays_itself(cache_dir, tmp_path, monkeypatch):
-    real = loop.build_model
+    real = build.build_model
 
     def broken(cfg, *args):
         model = real(cfg, *args)
         model.forward = lambda *_: (_ for _ in ()).throw(RuntimeError("shapes do not match"))
         return model
 
-    monkeypatch.setattr(loop, "build_model", broken)
+    monkeypatch.setattr(build, "build_model", broken)
     with pytest.raises(RuntimeError, match="shapes do not match"):
         loop.fit(make_config({"epochs": 1}), cache_dir, tmp_path / "run", threads=1)
 

@@ -69,6 +69,11 @@ class TrainDir(_Folder):
         """A cross-validated run's fold i (config folds K >= 2): its own model, metrics and checkpoints."""
         return TrainDir(self.path / "folds" / str(i))
 
+    def folds(self) -> list[TrainDir]:
+        """A cross-validated run's fold folders, fold 0 first (none for a run of one model)."""
+        found = [p for p in (self.path / "folds").glob("*/") if p.name.isdigit()]
+        return [TrainDir(p) for p in sorted(found, key=lambda p: int(p.name))]
+
 
 @dataclass(frozen=True)
 class TrialDir(TrainDir):

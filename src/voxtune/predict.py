@@ -59,7 +59,7 @@ def resolve_checkpoints(run: str | Path | None = None, checkpoint: str | Path | 
             if not path.is_file():
                 raise VoxtuneError(f"{best_json} names checkpoint {path.relative_to(run)}, but {path} is missing")
         return paths
-    folds = sorted(run.glob("folds/*/checkpoints/best.pt"), key=lambda p: int(p.parent.parent.name))
+    folds = [d.best_checkpoint for d in TrainDir(run).folds()]
     if folds and not TrainDir(run).best_checkpoint.is_file():
         return _pick_fold(folds, fold, f"{run} holds", True)
     path = TrainDir(run).best_checkpoint

@@ -14,7 +14,7 @@ from voxtune.files import atomic_write, disk_full, is_disk_full, write_json
 from voxtune.layout import TrainDir
 
 if TYPE_CHECKING:
-    from voxtune.train.loop import _Trainer as Trainer
+    from voxtune.train.build import Trainer
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

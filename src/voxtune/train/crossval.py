@@ -1,4 +1,5 @@
-"""Cross-validation: a run's K fold models trained side by side, one epoch of each in turn.
+"""Cross-validation: a run's K fold models trained side by side, one epoch of each in turn
+(voxtune.train.loop.fit_folds), and the records of their means (here).
 
 With cfg.folds K >= 2 (and no cfg.fold) the train and val cases are pooled and cut into K seeded
 folds (voxtune.data.cache.train_val_ids; the test split is never touched). Fold i's model trains on
@@ -19,13 +20,8 @@ configs, experiment mode keeps every worker busy as before.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from voxtune.config import TrainConfig, make_config, write_config
-from voxtune.files import write_json
-from voxtune.layout import TrainDir
 
 _SUMMED = ("epoch_time_s", "train_s", "train_samples", "data_wait_s", "bn_stats_s")
 
@@ -58,49 +54,3 @@ def cv_records(fold_records: list[list[dict[str, Any]]]) -> list[dict[str, Any]]
         bests = [max(r[:e + 1], key=lambda x: x["val_dice"]) for r in fold_records]  # (the first of equals)
         out.append(cv_record([r[e] for r in fold_records], bests))
     return out
-
-
-def fit_folds(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
-              report: Callable[[dict[str, Any]], bool] | None = None, log: Callable[[str], None] | None = None,
-              abort: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """voxtune.train.loop.fit for cfg.folds K >= 2: K fold models, an epoch of each in turn; `report`
-    gets each cross-validated record (cv_record) and may stop all K after it. Returns fit's summary of
-    those records, best_val_dice being the last cv_dice, plus "folds": each fold model's summary."""
-    from voxtune.train.loop import Training, everyone_stops
-
-    out = TrainDir(out_dir)
-    runs = [Training(make_config({"fold": i}, base=cfg), cache_dir, out.fold(i).path, threads=threads,
-                     log=(lambda line, i=i: log(f"fold {i}: {line}")) if log else None, abort=abort)
-            for i in range(cfg.folds)]
-    rank0 = runs[0].rank == 0
-    if rank0:
-        out.path.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out.config)
-    stopped_early, finished = False, False
-    try:
-        # A run killed between two folds' saves resumes with its folds an epoch apart: the late ones catch up.
-        for run in runs:
-            while run.epoch < max(r.epoch for r in runs):
-                run.train_epoch()
-        records = cv_records([run.records for run in runs])
-        while len(records) < cfg.epochs:
-            for run in runs:
-                run.train_epoch()
-            records = cv_records([run.records for run in runs])
-            if rank0:
-                write_json(out.metrics, records)
-            stop = rank0 and report is not None and bool(report(records[-1]))
-            if everyone_stops(stop, runs[0].t.device):
-                stopped_early = len(records) < cfg.epochs
-                break
-        finished = True
-    finally:
-        for run in runs:
-            run.close(finished)
-    if finished and rank0:
-        write_json(out.metrics, records)
-    last = records[-1] if records else {}
-    return {"best_val_dice": last.get("cv_dice", -1.0), "best_epoch": last.get("fold_best_epoch", []),
-            "epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records),
-            "stopped_early": stopped_early, "metrics": records,
-            "folds": [run.summary(stopped_early) | {"fold": i} for i, run in enumerate(runs)]}

@@ -6,45 +6,36 @@ everything under `out_dir` (voxtune.layout.TrainDir): the resolved config, one m
 finished epoch, the last checkpoint (model, optimiser, scaler, epoch, RNG: the resume point), the
 best checkpoint (self-describing, for predict) and TensorBoard events.
 
-fit reads top to bottom: build, resume, then per epoch train, BatchNorm statistics, validate, save.
-Re-running into an `out_dir` that holds a last checkpoint resumes after its epoch.
+fit reads top to bottom: build (voxtune.train.build), resume (voxtune.train.checkpoint), then per
+epoch train, BatchNorm statistics, validate, save; a Training holds one model's run between epochs.
+Re-running into an `out_dir` that holds a last checkpoint resumes after its epoch. With cfg.folds K,
+fit_folds steps K Trainings side by side (voxtune.train.crossval says why).
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.losses import DiceCELoss, DiceLoss
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
-from voxtune.config import TrainConfig, write_config
-from voxtune.data.cache import read_manifest, region_names, train_val_ids
-from voxtune.data.loader import CaseDataset, GlobalBatchSampler, collate_parts, loader_workers
+from voxtune.config import TrainConfig, make_config, write_config
 from voxtune.errors import VoxtuneError
 from voxtune.files import write_json
 from voxtune.layout import TrainDir
 from voxtune.machine import usable_cpus
-from voxtune.models import build_model
-from voxtune.train import syncbn
-from voxtune.train.batchnorm import batchnorm_layers, recompute_bn_stats
+from voxtune.train.batchnorm import recompute_bn_stats
+from voxtune.train.build import Trainer, build, rank_and_world
 from voxtune.train.checkpoint import best_state, resume, save_checkpoint, save_epoch
+from voxtune.train.crossval import cv_records
 from voxtune.train.evaluate import validate_cases as _validate  # tests spy on loop._validate
 
 # report(record) -> True asks the loop to stop after this epoch (a scheduler's early stop).
 Reporter = Callable[[dict[str, Any]], bool]
-
-# Training cases (over all ranks) whose batch statistics become the BatchNorm running statistics
-# before each validation and checkpoint (voxtune.train.batchnorm): every case of a small cache, a
-# bounded forward-only pass on a large one (32 of the paper's 339 cases; the README estimates its share
-# of an epoch from benchmarks/cpu_batch.py).
-BN_STATS_CASES = 32
 
 
 class TrainingDiverged(VoxtuneError):
@@ -65,48 +56,12 @@ class Aborted(RuntimeError):
     """The caller's `abort` check said stop (another rank failed); the caller knows why."""
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all ranks (identity on one worker)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if _world()[1] > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(t)
     return t.tolist()
-
-
-@dataclass
-class _Trainer:
-    """Everything one training run holds between epochs (built by _build, once per run)."""
-
-    cfg: TrainConfig
-    device: torch.device
-    amp: tuple[bool, torch.dtype]  # (autocast on, its dtype)
-    model: torch.nn.Module  # the bare model: validation, statistics and checkpoints use it
-    net: torch.nn.Module  # what trains: the model, or its DDP wrapper
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    loss_fn: Callable
-    train_set: CaseDataset
-    val_set: CaseDataset  # this rank's share of the val cases
-    sampler: GlobalBatchSampler  # this rank's part of each global batch, as one worker would draw them
-    loader: DataLoader
-    bn_cases: int  # training cases of the statistics pass before each validation (0: no BatchNorm, or precise_bn off)
-    manifest: dict[str, Any]
-    regions: list[str]
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def to_device(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, C, X, Y, Z] in the cache's dtype -> float32 on the device (converted there: half the bytes move)."""
-        image = image.to(self.device, non_blocking=True).float()
-        return image.contiguous(memory_format=torch.channels_last_3d) if self.device.type == "cuda" else image
 
 
 class Training:
@@ -116,11 +71,11 @@ class Training:
 
     def __init__(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
                  log: Callable[[str], None] | None = None, abort: Callable[[], bool] | None = None):
-        self.rank, self.world = _world()
+        self.rank, self.world = rank_and_world()
         self.cfg, self.run, self.abort = cfg, TrainDir(out_dir), abort
         self.log = log if self.rank == 0 else None
         torch.set_num_threads(max(1, threads or usable_cpus()))
-        self.t = _build(cfg, cache_dir, self.rank, self.world, threads)
+        self.t = build(cfg, cache_dir, self.rank, self.world, threads)
         self.records, self.best, self.best_epoch = resume(self.t, self.run, self.world, self.log)
         self.writer = _open_writer(self.t, self.run) if self.rank == 0 else None
 
@@ -185,8 +140,6 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     cfg.folds K >= 2 with no cfg.fold: the K fold models side by side (voxtune.train.crossval).
     """
     if cfg.folds > 1 and cfg.fold is None:
-        from voxtune.train.crossval import fit_folds
-
         return fit_folds(cfg, cache_dir, out_dir, threads=threads, report=report, log=log, abort=abort)
     run = Training(cfg, cache_dir, out_dir, threads=threads, log=log, abort=abort)
     stopped_early, finished = False, False
@@ -203,69 +156,51 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads
     return run.summary(stopped_early)
 
 
-def _device(cfg: TrainConfig) -> tuple[torch.device, tuple[bool, torch.dtype]]:
-    """This worker's device and its autocast setting: on wherever CUDA is, unless the config says."""
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if cfg.amp and device.type != "cuda":
-        raise VoxtuneError("config key 'amp': true needs a CUDA device and this worker has none; leave it "
-                           "unset (on wherever CUDA is) or set it false")
-    use_amp = device.type == "cuda" if cfg.amp is None else cfg.amp
-    return device, (use_amp, torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
+def fit_folds(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
+              report: Reporter | None = None, log: Callable[[str], None] | None = None,
+              abort: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """voxtune.train.loop.fit for cfg.folds K >= 2: K fold models, an epoch of each in turn; `report`
+    gets each cross-validated record (cv_record) and may stop all K after it. Returns fit's summary of
+    those records, best_val_dice being the last cv_dice, plus "folds": each fold model's summary."""
+    out = TrainDir(out_dir)
+    runs = [Training(make_config({"fold": i}, base=cfg), cache_dir, out.fold(i).path, threads=threads,
+                     log=(lambda line, i=i: log(f"fold {i}: {line}")) if log else None, abort=abort)
+            for i in range(cfg.folds)]
+    rank0 = runs[0].rank == 0
+    if rank0:
+        out.path.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out.config)
+    stopped_early, finished = False, False
+    try:
+        # A run killed between two folds' saves resumes with its folds an epoch apart: the late ones catch up.
+        for run in runs:
+            while run.epoch < max(r.epoch for r in runs):
+                run.train_epoch()
+        records = cv_records([run.records for run in runs])
+        while len(records) < cfg.epochs:
+            for run in runs:
+                run.train_epoch()
+            records = cv_records([run.records for run in runs])
+            if rank0:
+                write_json(out.metrics, records)
+            stop = rank0 and report is not None and bool(report(records[-1]))
+            if everyone_stops(stop, runs[0].t.device):
+                stopped_early = len(records) < cfg.epochs
+                break
+        finished = True
+    finally:
+        for run in runs:
+            run.close(finished)
+    if finished and rank0:
+        write_json(out.metrics, records)
+    last = records[-1] if records else {}
+    return {"best_val_dice": last.get("cv_dice", -1.0), "best_epoch": last.get("fold_best_epoch", []),
+            "epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records),
+            "stopped_early": stopped_early, "metrics": records,
+            "folds": [run.summary(stopped_early) | {"fold": i} for i, run in enumerate(runs)]}
 
 
-def _build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, threads: int | None) -> _Trainer:
-    """Model, optimiser, loss and data of a run, identical on every rank but for its share of the cases."""
-    device, (use_amp, amp_dtype) = _device(cfg)
-    manifest = read_manifest(cache_dir)
-    regions = region_names(manifest)
-    train_ids, val_ids = train_val_ids(manifest, cfg.folds, cfg.fold)
-    if not train_ids or not val_ids:
-        where = f"fold {cfg.fold} of {cfg.folds}" if cfg.folds > 1 else "the cache"
-        raise VoxtuneError(f"{cache_dir}: {where} needs at least one train and one val case "
-                           f"(has {len(train_ids)} and {len(val_ids)}); prepare more cases, change --split"
-                           + (" or use fewer folds" if cfg.folds > 1 else ""))
-    in_channels = manifest["cases"][0]["image_shape"][0]
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg, in_channels, len(regions))
-    if world > 1:
-        # BatchNorm over the global batch, as one worker would see it: torch's SyncBatchNorm where it
-        # runs (NCCL), voxtune's on gloo (CPU, or ranks packed on one GPU), which torch's refuses.
-        nccl = dist.get_backend() == "nccl"
-        model = (torch.nn.SyncBatchNorm if nccl else syncbn).convert_sync_batchnorm(model)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    lr = cfg.lr * world if cfg.scale_lr else cfg.lr
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, cfg.beta2), amsgrad=cfg.amsgrad)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    if cfg.loss == "batch_dice":  # the paper's: one soft Dice over the whole batch, smooth 0.01
-        loss_fn = DiceLoss(sigmoid=True, batch=True, smooth_nr=0.01, smooth_dr=0.01)
-    else:
-        loss_fn = (DiceCELoss if cfg.loss == "dicece" else DiceLoss)(sigmoid=True)
-
-    train_set = CaseDataset(cache_dir, train_ids, patch_size=cfg.patch_size, augment=cfg.augment, seed=cfg.seed,
-                            divisor=model.divisor)
-    val_set = CaseDataset(cache_dir, val_ids[rank::world], patch_size=None, augment=False, seed=cfg.seed,
-                          divisor=model.divisor)
-    if len(train_set) < world:
-        raise VoxtuneError(f"{cache_dir}: {len(train_set)} training case(s) for {world} DDP ranks: every rank needs "
-                           "at least one; use fewer workers per trial or prepare more cases")
-    # (epoch, index) keys: loader workers draw each epoch's patches and flips from them.
-    sampler = GlobalBatchSampler(len(train_set), cfg.batch_size * world, world, rank, cfg.seed)
-    workers = loader_workers(cfg, threads or usable_cpus(), device.type == "cuda")
-    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_parts, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        prefetch_factor=2 if workers else None)
-    # One statistics forward per global batch on every rank (SyncBatchNorm's forward is a collective).
-    bn_cases = min(BN_STATS_CASES, len(train_set)) if cfg.precise_bn and batchnorm_layers(model) else 0
-    return _Trainer(cfg, device, (use_amp, amp_dtype), model, net, optimizer, scaler, loss_fn, train_set, val_set,
-                    sampler, loader, bn_cases, manifest, regions)
-
-
-def _open_writer(t: _Trainer, run: TrainDir):
+def _open_writer(t: Trainer, run: TrainDir):
     """Rank 0 writes the resolved config and opens the TensorBoard writer."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -274,7 +209,7 @@ def _open_writer(t: _Trainer, run: TrainDir):
     return SummaryWriter(str(run.tensorboard))
 
 
-def _train_epoch(t: _Trainer, epoch: int, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
+def _train_epoch(t: Trainer, epoch: int, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
     """One pass over this rank's shard: train_loss (averaged over every rank's samples), train_s,
     train_samples, data_wait_s. A NaN or infinite loss raises TrainingDiverged on every rank at once
     (the sum is all-reduced)."""
@@ -311,13 +246,13 @@ def _train_epoch(t: _Trainer, epoch: int, stop_if_aborted: Callable[[], None]) -
             "data_wait_s": wait}
 
 
-def _no_cases(t: _Trainer, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _no_cases(t: Trainer, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of no cases, shaped as this run's: this rank's part of a short last global batch."""
     image, label = t.train_set[(epoch, 0)]
     return image[None][:0], label[None][:0]
 
 
-def _recompute_bn_statistics(t: _Trainer, stop_if_aborted: Callable[[], None]) -> None:
+def _recompute_bn_statistics(t: Trainer, stop_if_aborted: Callable[[], None]) -> None:
     """BatchNorm running statistics of these weights, not momentum averages over past ones
     (voxtune.train.batchnorm), from the epoch's first bn_cases cases in the global batches one worker would
     draw, this rank's part of each."""
@@ -336,7 +271,7 @@ def _recompute_bn_statistics(t: _Trainer, stop_if_aborted: Callable[[], None]) -
         recompute_bn_stats(t.model, images())
 
 
-def _validate_epoch(t: _Trainer, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
+def _validate_epoch(t: Trainer, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
     """val_loss, val_dice (mean over regions) and val_dice_<region>, over every rank's val cases."""
     use_amp, amp_dtype = t.amp
     val = _validate(t.model, t.val_set, t.loss_fn, t.cfg, t.device, use_amp, amp_dtype, len(t.regions), stop_if_aborted)
@@ -348,7 +283,7 @@ def _validate_epoch(t: _Trainer, stop_if_aborted: Callable[[], None]) -> dict[st
 
 def everyone_stops(stop: bool, device: torch.device) -> bool:
     """Rank 0's stop decision (a scheduler's early stop), followed by every rank."""
-    if _world()[1] == 1:
+    if rank_and_world()[1] == 1:
         return stop
     flag = torch.tensor([1.0 if stop else 0.0], device=device)
     dist.broadcast(flag, src=0)
