@@ -115,6 +115,14 @@ def test_resume_catches_up_a_fold_left_an_epoch_behind(cache_dir, tmp_path):
     assert [r["epoch"] for r in json.loads(TrainDir(run).fold(1).metrics.read_text())] == [1, 2, 3]
 
 
+def test_a_fold_that_fails_fails_its_run_with_the_folds_line(cache_dir, tmp_path, monkeypatch):
+    import voxtune.train.build as build
+
+    monkeypatch.setattr(build, "DiceLoss", lambda **kw: (lambda logits, label: logits.mean() * float("nan")))
+    with pytest.raises(loop.TrainingDiverged, match=r"^fold 0 of 2: training loss became nan at epoch 1"):
+        loop.fit(make_config({"epochs": 2, "folds": 2}), cache_dir, tmp_path / "run", threads=1)
+
+
 def test_resume_with_other_folds_is_refused(cv_run, cache_dir, tmp_path):
     import shutil
 

@@ -138,7 +138,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check("folds", 1 <= cfg.folds <= 20, f"{cfg.folds} is outside 1..20 (1: the cache's own train/val split)")
     if cfg.fold is not None:
         _check("fold", cfg.folds > 1 and 0 <= cfg.fold < cfg.folds,
-               f"{cfg.fold}: with folds {cfg.folds} it must be null" + (f" or 0..{cfg.folds - 1}" if cfg.folds > 1 else ""))
+               f"{cfg.fold}: with folds {cfg.folds} it must be null"
+               + (f" or 0..{cfg.folds - 1}" if cfg.folds > 1 else ""))
     if cfg.patch_size is not None:
         step = 2 ** cfg.depth
         _check("patch_size", all(p % step == 0 for p in cfg.patch_size),

@@ -287,7 +287,8 @@ def predict(run: str | Path | None = None, checkpoint: str | Path | None = None,
             record.update(score(region_masks(label_map, regions), region_masks(truth, regions), spacing, regions))
             tqdm.write(_format(case_id, record, regions))
         records.append(record)
-    used = f"checkpoint {ckpts[0]}" if len(ckpts) == 1 else f"ensemble of the {len(ckpts)} fold models of {ckpts[0].parents[3]}"
+    used = (f"checkpoint {ckpts[0]}" if len(ckpts) == 1
+            else f"ensemble of the {len(ckpts)} fold models of {ckpts[0].parents[3]}")
     print(f"wrote {len(records)} label map{'s' if len(records) != 1 else ''} to {out} ({used})")
     if failed:
         raise VoxtuneError(f"{len(failed)} of {len(items)} images failed: " + "; ".join(failed))

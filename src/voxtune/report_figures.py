@@ -114,7 +114,8 @@ def effects(rows: list[dict], searched: list[str], best: str | None) -> str:
     return figure_tag(fig, "hyperparameter effects")
 
 
-def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4, splits: tuple[str, ...] = ("val", "test")) -> str:
+def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4,
+                splits: tuple[str, ...] = ("val", "test")) -> str:
     """FLAIR slice of a few cases of the first of `splits` that has any, with truth (solid) and
     prediction (dashed) contours."""
     import torch

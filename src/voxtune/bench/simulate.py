@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxtune.bench.model import MakespanModel, epoch_s
-from voxtune.parallel.modes import GOODPUT_GAIN
+from voxtune.parallel.modes import GOODPUT_GAIN, Running, auto_sizes, decide
 
 _DONE = 1e-9  # share of an epoch (or seconds) left below which it has ended: float sums never land on 0 exactly
 
@@ -94,7 +94,7 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
         if stop:
             r[0], r[1] = "over", m.overhead(r[5])
             return
-        new_k = grow_to(m, r, running, workers, bool(queue), gpus_per_node) if auto else r[5]
+        new_k = grow_to(m, r, running, workers, len(queue), gpus_per_node) if auto else r[5]
         if new_k > r[5]:
             grown.add(r[2])
         r[0], r[1], r[5] = ("regroup", m.regroup_s, new_k) if new_k != r[5] else ("train", 1.0, r[5])
@@ -120,6 +120,7 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
                 continue
             if r[0] == "train":
                 next_epoch(r)
+                start_next()  # (auto: workers a trial gave back go to the waiting trials)
                 if r[0] != "over" or r[1] > _DONE:
                     continue
             running.remove(r)
@@ -131,28 +132,27 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
             "grown": len(grown)}
 
 
-def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: int, waiting: bool,
+def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: int, waiting: int,
             gpus_per_node: int | None = None) -> int:
-    """voxtune.parallel.auto's rule for trial r at its epoch end: lent workers go back while a trial waits;
-    else the best trial (Trial.quality, then queue order) of those whose epoch the model says a larger
-    K (dividing the batch, within the free workers) makes faster by GOODPUT_GAIN, saving more over its
-    remaining epochs than a regroup costs (regroup_s), takes the largest such K."""
-    if waiting:
-        return 1
-    free = workers - sum(x[5] for x in running)
+    """The K trial r trains its next epoch on: voxtune.parallel.modes.decide, the Pool's own rule, on the
+    simulated search (each trial's best Dice is its Trial.quality, its start its queue index). Growth to K
+    pays where the model says: an epoch faster by GOODPUT_GAIN (so no (batch, K) is ever judged slow
+    after the fact), saving more over the trial's remaining epochs than a regroup costs (regroup_s)."""
     training = [x for x in running if x[0] != "over"]
     busy = sum(x[5] for x in training)
+    view = {x[2]: Running(started=float(x[2]), k=x[5], batch_size=m.batch_size,
+                          best=x[3].quality if x[0] != "over" else -math.inf) for x in running}
+    owner = {id(view[x[2]]): x for x in running}
 
-    def paying(x: list[Any]) -> list[int]:  # faster by GOODPUT_GAIN, and saving more than the regroup costs
+    def worth(trial: Running, n: int) -> bool:
+        x = owner[id(trial)]
+        if x[0] == "over" or n > m.train_cases:
+            return False
         now_s, left = epoch_s(m, x[5], busy, x[3].config, gpus_per_node), (x[3].epochs or m.epochs) - x[4]
-        grown = {n: epoch_s(m, n, busy + n - x[5], x[3].config, gpus_per_node)
-                 for n in range(x[5] + 1, x[5] + free + 1) if m.batch_size % n == 0 and n <= m.train_cases}
-        return [n for n, s in grown.items() if s < GOODPUT_GAIN * now_s and (now_s - s) * left > m.regroup_s]
+        grown_s = epoch_s(m, n, busy + n - x[5], x[3].config, gpus_per_node)
+        return grown_s < GOODPUT_GAIN * now_s and (now_s - grown_s) * left > m.regroup_s
 
-    can_grow = [x for x in training if paying(x)]
-    if not can_grow or max(can_grow, key=lambda x: (x[3].quality, -x[2])) is not r:
-        return r[5]
-    return max(paying(r))
+    return decide(r[2], view, workers, waiting, auto_sizes(workers, m.batch_size), set(), worth)
 
 
 def queue_of(m: MakespanModel, trials: int) -> list[Trial]:

@@ -17,7 +17,8 @@ asks it at every epoch end which K to train its next epoch on (voxtune.parallel.
       one: Pollux's goodput, measured) is undone at once, and no trial of the search grows to that
       rank batch again.
 
-This module imports Ray's core only, not Tune: the Pool's process starts beside the first trials'
+The rule itself (Running, decide) lives in voxtune.parallel.modes, Ray-free, so that `voxtune plan`'s
+simulation (voxtune.bench.simulate) plays the very same rule. This module imports Ray's core only, not Tune: the Pool's process starts beside the first trials'
 and must not slow them (importing Tune took ~1 s of a 2-core machine's start-up). The driver's side,
 the Feed, is a Tune callback in voxtune.parallel.trial.
 
@@ -29,47 +30,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import ray
 
-from voxtune.parallel.modes import GOODPUT_GAIN
-
-
-@dataclass
-class Running:
-    """What the Pool knows of a running trial."""
-
-    started: float
-    k: int = 1
-    batch_size: int = 0
-    best: float = -math.inf
-    epoch_s: dict[int, float] = field(default_factory=dict)  # last epoch's seconds at each K
-    grew_from: int | None = None  # the K before its last growth, until that growth is judged
-    epochs_left: int = 0
-
-
-def decide(me: str, running: dict[str, Running], workers: int, waiting: int, sizes: list[int],
-           slow: set[tuple[int, int]], worth: Callable[[Running, int], bool] = lambda r, k: True) -> int:
-    """The K trial `me` trains its next epoch on. `sizes`: the K a search's batch allows (a trial's
-    own batch_size must be divisible by its K too); `slow`: the (batch_size, K) whose growth did not pay;
-    `worth(trial, K)`: whether growing that trial to K saves more than a regroup costs."""
-
-    def fits(r: Running, k: int) -> bool:
-        return r.batch_size % k == 0 and (k == 1 or ((r.batch_size, k) not in slow and (k <= r.k or worth(r, k))))
-
-    trial = running[me]
-    allowed = [k for k in sizes if fits(trial, k)]
-    if waiting > 0:  # lent workers go back first; a trial on its own worker keeps it
-        return max(k for k in allowed if k <= max(1, trial.k - waiting))
-    free = workers - sum(r.k for r in running.values())
-    if free <= 0:
-        return trial.k
-    can_grow = [t for t, r in running.items() if any(r.k < k <= r.k + free and fits(r, k) for k in sizes)]
-    if me not in can_grow or max(can_grow, key=lambda t: (running[t].best, -running[t].started)) != me:
-        return trial.k
-    return max(k for k in allowed if k <= trial.k + free)
+from voxtune.parallel.modes import GOODPUT_GAIN, Running, decide
 
 
 class PoolState:

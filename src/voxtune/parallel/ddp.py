@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -121,6 +122,7 @@ class WorkerGroup:
         self.group_id = uuid.uuid4().hex[:12]  # lets tests and logs see which trials shared a group
         self.ranks: list[Any] = []
         self.lent = None  # --mode auto: the placement group of the ranks lent to this trial
+        self.last_resize: dict[str, float] = {}  # --mode auto: the last resize's K and seconds
         here = ray.is_initialized()
         self.nodes = [ray.util.get_node_ip_address()] if here else [socket.gethostname()]  # rank order
         self.node_ids = [ray.get_runtime_context().get_node_id()] if here else [socket.gethostname()]
@@ -163,7 +165,7 @@ class WorkerGroup:
             return workers
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        lent = None
+        lent, t0 = None, time.perf_counter()
         if workers > 1:
             bundle = {"CPU": self.cpus} | ({"GPU": self.gpus} if self.gpus else {})
             lent = placement_group([bundle] * (workers - 1), strategy="PACK")
@@ -171,10 +173,13 @@ class WorkerGroup:
             if not ready:
                 remove_placement_group(lent)
                 return self.workers
+        t1 = time.perf_counter()
         self.close()
         self.lent, self.workers = lent, 1
         if lent is not None:
             self._start_peers([(lent, i) for i in range(workers - 1)])
+        # Where a regroup's seconds go (the rest, until the next epoch starts, is the fit's build and resume).
+        self.last_resize = {"to": self.workers, "reserve_s": t1 - t0, "peers_s": time.perf_counter() - t1}
         return self.workers
 
     def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:

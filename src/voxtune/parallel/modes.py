@@ -19,7 +19,9 @@ every command.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from voxtune.errors import VoxtuneError
 
@@ -79,3 +81,39 @@ def recipe_config(base: dict[str, Any], k: int, recipe: str | None) -> dict[str,
     if recipe == "scale-lr":
         return {**base, "scale_lr": True}
     return dict(base)
+
+
+@dataclass
+class Running:
+    """What auto's rule knows of a running trial (the Pool's view, voxtune.parallel.auto, or the
+    simulation's, voxtune.bench.simulate)."""
+
+    started: float
+    k: int = 1
+    batch_size: int = 0
+    best: float = -math.inf
+    epoch_s: dict[int, float] = field(default_factory=dict)  # last epoch's seconds at each K
+    grew_from: int | None = None  # the K before its last growth, until that growth is judged
+    epochs_left: int = 0
+
+
+def decide(me: str, running: dict[str, Running], workers: int, waiting: int, sizes: list[int],
+           slow: set[tuple[int, int]], worth: Callable[[Running, int], bool] = lambda r, k: True) -> int:
+    """The K trial `me` trains its next epoch on. `sizes`: the K a search's batch allows (a trial's
+    own batch_size must be divisible by its K too); `slow`: the (batch_size, K) whose growth did not pay;
+    `worth(trial, K)`: whether growing that trial to K saves more than a regroup costs."""
+
+    def fits(r: Running, k: int) -> bool:
+        return r.batch_size % k == 0 and (k == 1 or ((r.batch_size, k) not in slow and (k <= r.k or worth(r, k))))
+
+    trial = running[me]
+    allowed = [k for k in sizes if fits(trial, k)]
+    if waiting > 0:  # lent workers go back first; a trial on its own worker keeps it
+        return max(k for k in allowed if k <= max(1, trial.k - waiting))
+    free = workers - sum(r.k for r in running.values())
+    if free <= 0:
+        return trial.k
+    can_grow = [t for t, r in running.items() if any(r.k < k <= r.k + free and fits(r, k) for k in sizes)]
+    if me not in can_grow or max(can_grow, key=lambda t: (running[t].best, -running[t].started)) != me:
+        return trial.k
+    return max(k for k in allowed if k <= trial.k + free)

@@ -256,7 +256,9 @@ def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report,
         regrouped[:] = [(time.time(), "regroup")]
         k = group.resize(regroup.pop())
         pool.resized.remote(tune_id, k)
-        state.write(out, workers=k, nodes=group.node_ids, node_ips=group.nodes, pids=group.pids)
+        regroups = [*state.read(out).get("regroups", []),
+                    {"after_epoch": summary["epochs"], **getattr(group, "last_resize", {})}]
+        state.write(out, workers=k, nodes=group.node_ids, node_ips=group.nodes, pids=group.pids, regroups=regroups)
 
 
 def _give_back(pool, tune_id: str) -> None:

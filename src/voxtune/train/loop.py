@@ -173,13 +173,13 @@ def fit_folds(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, t
     stopped_early, finished = False, False
     try:
         # A run killed between two folds' saves resumes with its folds an epoch apart: the late ones catch up.
-        for run in runs:
+        for i, run in enumerate(runs):
             while run.epoch < max(r.epoch for r in runs):
-                run.train_epoch()
+                _fold_epoch(run, i, cfg.folds)
         records = cv_records([run.records for run in runs])
         while len(records) < cfg.epochs:
-            for run in runs:
-                run.train_epoch()
+            for i, run in enumerate(runs):
+                _fold_epoch(run, i, cfg.folds)
             records = cv_records([run.records for run in runs])
             if rank0:
                 write_json(out.metrics, records)
@@ -198,6 +198,14 @@ def fit_folds(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, *, t
             "epochs": len(records), "train_time_s": sum(r["epoch_time_s"] for r in records),
             "stopped_early": stopped_early, "metrics": records,
             "folds": [run.summary(stopped_early) | {"fold": i} for i, run in enumerate(runs)]}
+
+
+def _fold_epoch(run: Training, fold: int, folds: int) -> dict[str, Any]:
+    """run.train_epoch(); a fold's own error (diverged, out of memory, a damaged case) names the fold."""
+    try:
+        return run.train_epoch()
+    except VoxtuneError as exc:
+        raise type(exc)(f"fold {fold} of {folds}: {exc}") from None
 
 
 def _open_writer(t: Trainer, run: TrainDir):
