@@ -187,6 +187,7 @@ def test_tune_folds_ranks_configs_by_the_fold_mean_and_asha_stops_a_configs_fold
     run = tmp_path / "run"
     assert main(["tune", "--cache", str(cache_dir), "--out", str(run), "--mode", "experiment", "--workers", "1",
                  "--space", str(space), "--scheduler", "asha", "--epochs", "4", "--folds", "3"]) == 0
+    assert "fold mean val_dice" in capsys.readouterr().out  # the progress lines say what a config is judged by
     with open(run / "leaderboard.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3  # one row per config

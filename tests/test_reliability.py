@@ -97,11 +97,12 @@ def test_killed_worker_is_retried_from_its_checkpoint(mode, rank, cache_dir, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["experiment", "auto"])
-def test_killed_job_resumes_without_redoing_finished_trials(mode, cache_dir, tmp_path):
+@pytest.mark.parametrize("mode, folds", [("experiment", 1), ("auto", 1), ("experiment", 2)])
+def test_killed_job_resumes_without_redoing_finished_trials(mode, folds, cache_dir, tmp_path):
+    """(folds 2: every fold model of a config goes on from its own last epoch, on the same folds.)"""
     run = tmp_path / "run"
     space = "lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n"
-    proc = _tune(run, cache_dir, space, "--mode", mode, "--workers", "2", "--epochs", "4")
+    proc = _tune(run, cache_dir, space, "--mode", mode, "--workers", "2", "--epochs", "4", "--folds", str(folds))
 
     def one_finished_one_midway():
         trials = _trials(run)
@@ -121,6 +122,10 @@ def test_killed_job_resumes_without_redoing_finished_trials(mode, cache_dir, tmp
     assert len(rows) == 4 and all(r["status"] == "finished" and r["epochs"] == "4" for r in rows)
     for row in rows:
         assert _epochs(run, row["trial_id"]) == [1, 2, 3, 4]
+        for fold in range(folds if folds > 1 else 0):
+            assert _epochs(run, f"{row['trial_id']}/folds/{fold}") == [1, 2, 3, 4]
+    if folds > 1:
+        assert all(len(r["val_dice_folds"].split(";")) == folds for r in rows)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished trials untouched
     assert _read(run / "best.json")["trial_id"] == rows[0]["trial_id"]
 

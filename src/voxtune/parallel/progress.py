@@ -33,6 +33,13 @@ class ProgressLines(Callback):
         self._line(trials, f"{self._name(trial)} started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "cv_dice" in result:  # --folds: this epoch's fold mean, and the mean of the folds' bests that ranks
+            self.best = max(self.best, result["cv_dice"])
+            self._line(trials, f"{self._name(trial)} epoch {result.get('epoch')}/{self.epochs} "
+                               f"fold mean val_dice {result['val_dice']:.4f}, of the folds' best "
+                               f"{result['cv_dice']:.4f} +- {result['cv_dice_std']:.4f} "
+                               f"(best config so far {self.best:.4f})")
+            return
         self.best = max(self.best, result.get("val_dice", float("-inf")))
         self._line(trials, f"{self._name(trial)} epoch {result.get('epoch')}/{self.epochs} "
                            f"val_dice {result.get('val_dice', float('nan')):.4f} (best so far {self.best:.4f})")
