@@ -59,7 +59,8 @@ def cv_run(cache_dir, tmp_path_factory):
     """loop.fit of folds 3, 2 epochs, recording which cases each fold model validated on."""
     run = tmp_path_factory.mktemp("cv") / "run"
     seen, real = [], loop._validate
-    loop._validate = lambda model, val_set, *a, **k: seen.append(list(val_set.case_ids)) or real(model, val_set, *a, **k)
+    loop._validate = lambda model, val_set, *a, **k: (seen.append(list(val_set.case_ids))
+                                                      or real(model, val_set, *a, **k))
     try:
         summary = loop.fit(make_config({"epochs": 2, "folds": 3, "lr": 0.005}), cache_dir, run, threads=1)
     finally:
@@ -222,3 +223,12 @@ def _yaml(path):
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_bench_refuses_folds_it_would_score_as_one_model(cache_dir, tmp_path):
+    from voxtune.bench.benchmark import run_bench
+
+    with pytest.raises(VoxtuneError, match="config key 'folds'"):
+        run_bench(cache_dir, tmp_path / "bench", workers=[1, 2], modes=["experiment"], trials=2,
+                  base_config={"folds": 3})
+    assert not (tmp_path / "bench").exists()

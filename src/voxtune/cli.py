@@ -59,7 +59,7 @@ def _train_config(args: argparse.Namespace):
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    if args.folds is not None:
+    if getattr(args, "folds", None) is not None:
         overrides["folds"] = args.folds
     return load_config(args.config, overrides)
 
@@ -171,14 +171,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, epochs=args.epochs)
 
 
-def _config_flags(p: argparse.ArgumentParser, epochs: int | None) -> None:
+def _config_flags(p: argparse.ArgumentParser, epochs: int | None, folds: bool = True) -> None:
     """The train config's flags (train, tune, bench); _train_config reads them."""
     p.add_argument("--config", help="train config YAML, or 'paper' (the published recipe)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train-config key (repeatable)")
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per trial" + (f" (default {epochs})" if epochs
                                                                                      else ""))
-    p.add_argument("--folds", type=int, help="K >= 2: cross-validate, K fold models per config on the train and val "
-                   "cases pooled, ranked by their mean (default 1: the cache's split)")
+    if folds:
+        p.add_argument("--folds", type=int, help="K >= 2: cross-validate, K fold models per config on the train and "
+                       "val cases pooled, ranked by their mean (default 1: the cache's split)")
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
@@ -279,7 +280,7 @@ def _training_verbs(sub) -> None:
     p.add_argument("--ddp-recipe", nargs="+", default=[DEFAULT_RECIPE],
                    help=f"the DDP recipe(s) of the K > 1 runs, each a run of its own: {', '.join(RECIPES)}")
     _search_flags(p)
-    _config_flags(p, epochs=4)
+    _config_flags(p, epochs=4, folds=False)
     p.add_argument("--repeats", type=int, default=1, help="runs per point; tables give median, min and max")
     p.add_argument("--scheduler", default="fifo", help="fifo | asha (every run of the bench uses it)")
     p.add_argument("--target-dice", type=float,

@@ -312,6 +312,9 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
     base = make_config(base_config or {})
     if base.scale_lr and len(runs) > 1:
         raise VoxtuneError("config key 'scale_lr': bench sets it per run from --ddp-recipe; drop it")
+    if base.folds > 1:  # (its tables score one model per trial: a fold mean would be read as one)
+        raise VoxtuneError("config key 'folds': voxtune bench times the modes on the cache's own split; drop it "
+                           "(benchmarks/bench_folds.sh measures cross-validated search)")
     full_space = load_space(space) if isinstance(space, (str, Path)) else space
     sub, grid_repeats, configs = bench_space(full_space, trials)
     for mode, w, k, recipe in runs:
