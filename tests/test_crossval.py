@@ -232,3 +232,24 @@ def test_bench_refuses_folds_it_would_score_as_one_model(cache_dir, tmp_path):
         run_bench(cache_dir, tmp_path / "bench", workers=[1, 2], modes=["experiment"], trials=2,
                   base_config={"folds": 3})
     assert not (tmp_path / "bench").exists()
+
+
+def test_train_folds_prints_the_cross_validated_dice_and_predict_finds_the_folds(cv_run, tmp_path, capsys):
+    from voxtune.predict import resolve_checkpoints
+
+    run = cv_run[0]
+    folds = [TrainDir(run).fold(f).best_checkpoint for f in range(3)]
+    assert resolve_checkpoints(run) == folds and resolve_checkpoints(run, fold=2) == folds[2:]
+    with pytest.raises(VoxtuneError, match=r"--fold 3: .* 3 fold models \(0..2\)"):
+        resolve_checkpoints(run, fold=3)
+    with pytest.raises(VoxtuneError, match="drop --fold"):
+        resolve_checkpoints(checkpoint=folds[0], fold=0)
+    assert main(["report", "--run", str(run)]) == 0
+    assert "cross-validated val Dice" in (run / "report.html").read_text()
+
+
+def test_train_cli_with_folds(cache_dir, tmp_path, capsys):
+    assert main(["train", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), "--threads", "1",
+                 "--epochs", "1", "--folds", "2"]) == 0
+    assert "cross-validated val_dice" in capsys.readouterr().out
+    assert [d.name for d in TrainDir(tmp_path / "run").folds()] == ["0", "1"]

@@ -247,12 +247,15 @@ def _train_sections(run: Path) -> list[tuple[str, str]]:
     records = read_json(TrainDir(run).metrics, []) or []
     if not records:
         return [("Learning curves", note(f"{TrainDir(run).metrics} holds no finished epoch yet."))]
-    best = max(records, key=lambda r: r.get("val_dice", -1))
-    cards = [("best val Dice", best.get("val_dice")), ("best epoch", best.get("epoch")), ("epochs", len(records)),
-             ("train time (s)", sum(r.get("epoch_time_s", 0.0) for r in records))]
+    best, last = max(records, key=lambda r: r.get("val_dice", -1)), records[-1]
+    cards = [("best val Dice", best.get("val_dice")), ("best epoch", best.get("epoch"))]
+    if "cv_dice" in last:  # `voxtune train --folds K`: the folds' bests, each fold model at its own best epoch
+        cards = [("cross-validated val Dice", last["cv_dice"]), ("spread (sd)", last["cv_dice_std"]),
+                 ("folds' best", ", ".join(f"{d:.3f}" for d in last["fold_best_dice"]))]
+    cards += [("epochs", len(records)), ("train time (s)", sum(r.get("epoch_time_s", 0.0) for r in records))]
     out = [("Summary", _cards(cards))]
     out.append(("Learning curves", curves({run.name: records}, run.name)))
-    columns = [c for c in records[0] if c not in ("workers",)]
+    columns = [c for c, v in records[0].items() if c != "workers" and not isinstance(v, list)]
     out.append(("Epochs", _table(columns, records, str(best.get("epoch")), "epoch")))
     try:
         import yaml
