@@ -88,6 +88,12 @@ def test_each_mode_writes_the_same_outputs(mode, cache_dir, tmp_path):
     assert summary["concurrent_trials"] == summary["workers"] // per_trial
     assert summary["status"] == {"finished": 4}
     assert summary["wall_time_s"] > 0 and summary["startup_s"] > 0
+    parts = summary["startup_breakdown"]  # where the start-up went: every part measured, none left unsaid
+    assert parts["startup_s"] == pytest.approx(summary["startup_s"])
+    assert parts["imports_s"] > 0.2 and parts["build_s"] > 0 and parts["tune_s"] > 0  # a fresh process imports torch
+    total = parts["tune_s"] + parts["imports_s"] + parts["build_s"] + parts["other_s"]
+    assert total == pytest.approx(parts["startup_s"])
+    assert -0.05 < parts["other_s"] < parts["startup_s"]
 
     groups = {json.loads((run / "trials" / r["trial_id"] / "trial.json").read_text())["group_id"] for r in rows}
     if mode == "data":  # one DDP group served every trial: start-up paid once per search

@@ -112,6 +112,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
           + (f"(auto: {summary['workers']} workers, {summary['grown_trials']} trial(s) grew)" if summary["mode"] == "auto"
              else f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
           + (f"; why each failed: {RunDir(args.out).leaderboard}" if summary["status"].get("error") else ""))
+    if summary.get("startup_breakdown"):
+        b = summary["startup_breakdown"]
+        print(f"start-up {b['startup_s']:.1f}s from Ray up to the first epoch: Tune and the trial's process "
+              f"{b['tune_s']:.1f}s, torch and MONAI imports {b['imports_s']:.1f}s, model, data and checkpoint "
+              f"{b['build_s']:.1f}s, the rest {b['other_s']:.1f}s")
     run = RunDir(args.out)
     print(f"outputs: {run.leaderboard}  {run.best.name}  {run.summary.name}  {run.trials_dir.name}/<trial_id>/")
     return 0

@@ -53,12 +53,22 @@ def master_store(host: str, world: int):
     return dist.TCPStore(host, 0, world, True, timeout=_TIMEOUT, wait_for_workers=False)
 
 
-def _join(store, rank: int, world: int, backend: str) -> None:
+def import_loop() -> float:
+    """Import the training loop (torch and MONAI: most of a new process's start-up); returns the seconds
+    it took (0 when this process has it already)."""
+    t0 = time.perf_counter()
+    import voxtune.train.loop  # noqa: F401
+
+    return time.perf_counter() - t0
+
+
+def _join(store, rank: int, world: int, backend: str) -> float:
+    """Join the process group; returns the seconds spent importing torch and MONAI first."""
+    imports_s = import_loop()  # pay the imports now, beside the other ranks'
     import torch.distributed as dist
 
-    import voxtune.train.loop  # noqa: F401  # pay the MONAI import now, beside the other ranks'
-
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=_TIMEOUT)
+    return imports_s
 
 
 @ray.remote
@@ -123,6 +133,7 @@ class WorkerGroup:
         self.ranks: list[Any] = []
         self.lent = None  # --mode auto: the placement group of the ranks lent to this trial
         self.last_resize: dict[str, float] = {}  # --mode auto: the last resize's K and seconds
+        self.imports_s = 0.0  # what importing torch and MONAI cost this process (start-up, once per process)
         here = ray.is_initialized()
         self.nodes = [ray.util.get_node_ip_address()] if here else [socket.gethostname()]  # rank order
         self.node_ids = [ray.get_runtime_context().get_node_id()] if here else [socket.gethostname()]
@@ -147,7 +158,7 @@ class WorkerGroup:
             for pg, i in bundles
         ]
         joined = [r.setup.remote(addr, store.port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
-        _join(store, 0, workers, backend)  # imports torch and MONAI here while the peers do too
+        self.imports_s += _join(store, 0, workers, backend)  # imports torch and MONAI while the peers do too
         self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
         for node, node_id, pid in ray.get(joined):
             self.nodes.append(node)
@@ -185,6 +196,7 @@ class WorkerGroup:
     def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
         """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary;
         raises the first failing rank's error (see failure_of)."""
+        self.imports_s += import_loop()
         from voxtune.train.loop import fit
 
         threads = max(1, int(self.cpus))

@@ -56,6 +56,26 @@ def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -
     return min(starts, default=None)
 
 
+def startup_breakdown(run_dir: Path, rows: list[dict[str, Any]], since: float) -> dict[str, float] | None:
+    """Where a search's start-up went (`since`, Ray up, to the first epoch of any trial), from that
+    trial's files: tune_s until its trial function started (Tune, Ray's worker process, the trainable's
+    module), imports_s (torch and MONAI in that process), build_s (model, data and checkpoint:
+    voxtune.train.loop's Training), other_s the rest (a DDP group's rendezvous, trial.json writes)."""
+    first = None
+    for row in rows:
+        for r in read_json(RunDir(run_dir).trial(row["trial_id"]).metrics, []):
+            start = r["end_ts"] - r["epoch_time_s"]
+            if r.get("end_ts", 0) >= since and (first is None or start < first[0]):
+                first = (start, r, row)
+    if first is None:
+        return None
+    start, record, row = first
+    info = state.read(RunDir(run_dir).trial(row["trial_id"]).path)
+    parts = {"tune_s": max(0.0, float(info.get("attempt_start_ts") or start) - since),
+             "imports_s": float(info.get("imports_s") or 0.0), "build_s": float(record.get("build_s") or 0.0)}
+    return {"startup_s": start - since, **parts, "other_s": start - since - sum(parts.values())}
+
+
 def trial_rows(run_dir: Path, searched: list[str]) -> list[dict[str, Any]]:
     """One row per trial folder, as its trial.json and metrics.json say, with its best validation
     epoch's metrics; sorted by val_dice (best first)."""

@@ -148,13 +148,8 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config(config, base=plan.config)
 
-    info = state.read(out)
-    if info.get("status") in state.FINAL:
-        # Done before the driver died and Tune's state lagged behind: report, never retrain.
-        tune.report((read_json(TrialDir(out).metrics, []) or [{}])[-1])
+    if _nothing_to_train(out, plan):
         return
-    if info.get("status") == "error" and info.get("final_in") == plan.search_id:
-        raise TrialFailed(info["reason"])  # Tune's retry of a final error: nothing to train
     state.start_attempt(out, out.name, config, tune_trial_id=tune_id, workers=plan.workers_per_trial,
                         node=ray.get_runtime_context().get_node_id())
     pool = _join_pool(plan, tune_id, cfg.batch_size)
@@ -165,6 +160,8 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
 
     def report(record: dict[str, Any]) -> bool:
         nonlocal stopped_by_tune
+        if not reported:  # the attempt's first epoch: what its start-up went into
+            state.write(out, imports_s=getattr(_GROUP, "imports_s", None), build_s=record.get("build_s"))
         reported.append(record["epoch"])
         try:
             tune.report(record)
@@ -218,6 +215,18 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
         # Tune's function runner report once more and block, so a reused actor could not be reset
         # for the next trial ("Could not re-use actor").
         raise SystemExit(0)
+
+
+def _nothing_to_train(out: Path, plan: TrialPlan) -> bool:
+    """True for a trial done before the driver died, Tune's state lagging behind (reported again, never
+    retrained); raises TrialFailed for Tune's retry of a final error of this search; else False."""
+    info = state.read(out)
+    if info.get("status") in state.FINAL:
+        tune.report((read_json(TrialDir(out).metrics, []) or [{}])[-1])
+        return True
+    if info.get("status") == "error" and info.get("final_in") == plan.search_id:
+        raise TrialFailed(info["reason"])
+    return False
 
 
 def _join_pool(plan: TrialPlan, tune_id: str, batch_size: int):

@@ -246,6 +246,7 @@ def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: di
         "ray_init_s": ray_init_s,
         "search_start_ts": t_search,
         "startup_s": first_epoch - t_search if first_epoch is not None else None,
+        "startup_breakdown": outputs.startup_breakdown(run_dir, rows, t_search) if t_search is not None else None,
         "wall_time_s": (max(ends) - t_search) if ends and t_search is not None else None,
         "command_time_s": time.perf_counter() - t_command,
         "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),

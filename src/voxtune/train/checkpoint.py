@@ -82,7 +82,7 @@ def save_epoch(t: Trainer, run: TrainDir, writer, records: list[dict[str, Any]],
                                           "config": t.cfg.to_dict()})
     write_json(run.metrics, records)
     for key, value in record.items():
-        if key not in ("epoch", "workers", "end_ts"):
+        if key not in ("epoch", "workers", "end_ts", "build_s"):
             writer.add_scalar(key, value, record["epoch"])
     try:
         writer.flush()

@@ -23,7 +23,7 @@ import statistics
 from typing import Any
 
 
-_SUMMED = ("epoch_time_s", "train_s", "train_samples", "data_wait_s", "bn_stats_s")
+_SUMMED = ("epoch_time_s", "train_s", "train_samples", "data_wait_s", "bn_stats_s", "build_s")
 
 
 def cv_record(folds: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def cv_record(folds: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dict[
     best_dice = [b["val_dice"] for b in bests]
     return {"epoch": folds[0]["epoch"], "train_loss": mean(folds, "train_loss"), "val_loss": mean(folds, "val_loss"),
             "val_dice": mean(folds, "val_dice"), **{k: mean(folds, k) for k in regions},
-            **{k: sum(r.get(k, 0) for r in folds) for k in _SUMMED},
+            **{k: sum(r.get(k, 0) for r in folds) for k in _SUMMED if any(k in r for r in folds)},
             "end_ts": max(r["end_ts"] for r in folds), "workers": folds[0]["workers"],
             "cv_dice": statistics.fmean(best_dice), "cv_dice_std": statistics.stdev(best_dice),
             **{"cv_dice_" + k[len("val_dice_"):]: mean(bests, k) for k in regions},

@@ -75,9 +75,11 @@ class Training:
         self.cfg, self.run, self.abort = cfg, TrainDir(out_dir), abort
         self.log = log if self.rank == 0 else None
         torch.set_num_threads(max(1, threads or usable_cpus()))
+        t0 = time.perf_counter()
         self.t = build(cfg, cache_dir, self.rank, self.world, threads)
         self.records, self.best, self.best_epoch = resume(self.t, self.run, self.world, self.log)
         self.writer = _open_writer(self.t, self.run) if self.rank == 0 else None
+        self.build_s: float | None = time.perf_counter() - t0  # reported with the first epoch, then None
 
     @property
     def epoch(self) -> int:
@@ -100,6 +102,8 @@ class Training:
             record = {"epoch": epoch, "train_loss": trained.pop("train_loss"),
                       **_validate_epoch(t, self.stop_if_aborted), "epoch_time_s": time.perf_counter() - t_epoch,
                       **trained, "bn_stats_s": bn_stats_s, "end_ts": time.time(), "workers": self.world}
+            if self.build_s is not None:  # the first epoch after this process built (or resumed) the run
+                record["build_s"], self.build_s = self.build_s, None
             self.records.append(record)
             if self.rank == 0:
                 if record["val_dice"] > self.best:
