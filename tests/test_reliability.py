@@ -165,6 +165,15 @@ _MATRIX = {
 }
 
 
+_HOOKS_TAKEN = """
+import voxtune.data.cache, voxtune.data.loader, voxtune.files, voxtune.train.build, voxtune.train.loop
+assert voxtune.train.build.DiceLoss.__name__ == "_nan_loss", "nan"
+assert voxtune.data.cache._file.__module__ == "sitecustomize", "file"
+assert voxtune.files.open.__module__ == "sitecustomize", "disk"
+assert voxtune.train.loop.fit.__module__ == "sitecustomize", "fit"
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["experiment", "hybrid"])
 def test_a_trials_own_error_at_any_epoch_on_any_rank_fails_that_trial_only(mode, cache_dir, tmp_path):
@@ -174,6 +183,10 @@ def test_a_trials_own_error_at_any_epoch_on_any_rank_fails_that_trial_only(mode,
         ["--workers", "4", "--workers-per-trial", "2", "--cpus-per-worker", "0.5"]
     env = {"PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
            "VOXTUNE_FAULTS": json.dumps(cells)}
+    # The hooks must take: Python swallows an error in sitecustomize, and a search without its faults passes.
+    hooked = subprocess.run([sys.executable, "-c", _HOOKS_TAKEN], env={**os.environ, **env}, capture_output=True,
+                            text=True)
+    assert hooked.returncode == 0 and "Error in sitecustomize" not in hooked.stderr, hooked.stderr[-2000:]
     run = tmp_path / "run"
     # ASHA in one of the two: a trial that fails never reaches its rungs, and must not break them.
     scheduler = "asha" if mode == "experiment" else "fifo"

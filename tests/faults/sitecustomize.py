@@ -20,6 +20,7 @@ if _faults:
     import voxtune.data.cache as _cache
     import voxtune.data.loader as _loader
     import voxtune.files as _files
+    import voxtune.train.build as _build
     import voxtune.train.loop as _loop
 
     _now = {"fault": None, "epoch": 0}
@@ -49,13 +50,13 @@ if _faults:
 
     _loader.EpochSampler.set_epoch = _set_epoch_seen
 
-    _dice = _loop.DiceLoss
+    _dice = _build.DiceLoss
 
     def _nan_loss(**kwargs):
         real = _dice(**kwargs)
         return lambda logits, label: real(logits, label) * (float("nan") if _active("nan") else 1.0)
 
-    _loop.DiceLoss = _nan_loss
+    _build.DiceLoss = _nan_loss
 
     _real_file = _cache._file
     _truncated = {}
