@@ -62,6 +62,7 @@ def _rank(rank: int, world: int, port: int, cache: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     loop.fit(make_config({**CONFIG, "batch_size": 1}), cache, out, threads=1)
+    dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
     dist.destroy_process_group()
 
 
@@ -101,6 +102,7 @@ def _grown(rank: int, world: int, port: int, cache: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     loop.fit(make_config({**CONFIG, "epochs": 4, "batch_size": 1}), cache, out, threads=1)
+    dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
     dist.destroy_process_group()
 
 
