@@ -76,6 +76,7 @@ def _rank(rank: int, world: int, port: int, out) -> None:
         results["layer"] = _layer(rank, world)
         if rank == 0:
             out.put(results)
+        dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
     finally:
         dist.destroy_process_group()
 
@@ -121,7 +122,7 @@ def two_ranks():
     results = out.get(timeout=300)
     for p in procs:
         p.join(timeout=60)
-    assert all(p.exitcode == 0 for p in procs)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     return results
 
 
