@@ -6,6 +6,7 @@ import pytest
 from voxtune.errors import VoxtuneError
 from voxtune.parallel import modes
 from voxtune.parallel.auto import PoolState, Running, decide
+from voxtune.parallel.modes import auto_sizes
 from voxtune.parallel.settings import SearchSettings
 
 
@@ -25,6 +26,10 @@ def test_growth_is_capped_by_the_batch_and_the_free_workers():
     running = {"a": Running(started=0.0, k=1, batch_size=2, best=0.5)}
     assert decide("a", running, 4, 0, [1, 2, 4], set()) == 2  # the paper's batch 2: 2 ranks at most
     assert decide("a", _running(a=(1, 0.5), b=(2, 0.1)), 3, 0, [1, 2, 4], set()) == 1  # no worker free
+    # CPU ranks take 2 cases or more (min_part 2): a batch-2 trial cannot grow, a batch-4 one to 2 ranks only.
+    assert decide("a", running, 4, 0, [1, 2, 4], set(), min_part=2) == 1
+    assert decide("a", _running(a=(1, 0.5)), 8, 0, [1, 2, 4, 8], set(), min_part=2) == 2
+    assert auto_sizes(8, 4, 2) == [1, 2] and auto_sizes(8, 4) == [1, 2, 4]
 
 
 def test_a_waiting_trial_gets_lent_workers_back_at_the_next_epoch_end():
@@ -120,12 +125,15 @@ def test_the_simulated_auto_schedule_grows_the_last_trial_onto_the_idle_worker()
 
 def test_data_mode_says_before_it_starts_when_cpu_ranks_would_take_batch_one():
     def note(mode="data", workers=2, batch=2, gpus=0.0, **kw):
+        kw.setdefault("base_config", {"batch_size": batch})
         return SearchSettings(cache_dir=".", mode=mode, workers=workers, gpus_per_worker=gpus,
-                              base_config={"batch_size": batch}, **kw).checked().batch_one_note()
+                              **kw).checked().batch_one_note()
 
-    line = note()
-    assert "batch 1 (2 / 2)" in line and "batch_size 4" in line and "\n" not in line
-    assert "batch 1 (4 / 4)" in note(workers=4, batch=4)
+    line = note()  # CPU ranks pair up by default: rank 1 trains nothing
+    assert "global batch of 2 goes to 1 of its 2 DDP ranks" in line and "batch_size 4" in line and "\n" not in line
+    assert "goes to 2 of its 4 DDP ranks" in note(workers=4, batch=4)
+    single = note(base_config={"batch_size": 2, "min_rank_batch": 1})
+    assert "batch 1 (2 / 2, min_rank_batch 1)" in single and "batch_size 4" in single
     assert note(batch=4) is None  # 2 per rank
     assert note(gpus=1.0) is None  # a GPU runs batch 1 fine
     assert note(ddp_recipe="scale-lr") is None  # each rank takes the whole batch

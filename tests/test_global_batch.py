@@ -7,7 +7,6 @@ import json
 import socket
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
@@ -48,20 +47,42 @@ def test_ranks_split_the_one_worker_batches_without_repeating_a_case(n, batch, w
     assert (sum(padded) > n) == (n % world != 0)
 
 
+@pytest.mark.parametrize("n, batch, world, sizes", [
+    (10, 4, 2, [[2, 2], [2, 2], [2, 0]]),  # the short last batch goes whole to rank 0, not 1 + 1
+    (9, 6, 4, [[2, 2, 2, 0], [3, 0, 0, 0]]),  # 3 cases: one part of 3, not 2 + 1
+    (5, 2, 2, [[2, 0], [2, 0], [1, 0]]),  # batch 2 over 2 ranks: rank 1 trains nothing
+])
+def test_cpu_ranks_take_two_cases_or_none_of_a_global_batch(n, batch, world, sizes):
+    """min_part 2 (CPU ranks): a rank's part holds 2 cases or more where the batch has them, each case
+    once, and the weights still make DDP's average the mean over the global batch."""
+    ranks = []
+    for rank in range(world):
+        sampler = GlobalBatchSampler(n, batch, world, rank, seed=7, min_part=2)
+        sampler.set_epoch(3)
+        ranks.append([[i for _, i in part] for part in sampler])
+    one = _batches(n, batch, 1)[0]
+    assert [[len(r[step]) for r in ranks] for step in range(len(one))] == sizes
+    for step, whole in enumerate(one):
+        assert sorted(i for r in ranks for i in r[step]) == sorted(whole)
+        weights = [GlobalBatchSampler(n, batch, world, r, seed=7, min_part=2).weight(step) for r in range(world)]
+        assert weights == [pytest.approx(len(r[step]) * world / len(whole)) for r in ranks]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-CONFIG = {"epochs": 3, "norm": "bn", "lr": 0.005}
+# min_rank_batch 1: these runs test the split of a batch of 2 into two ranks of 1 (CPU ranks would pair up).
+CONFIG = {"epochs": 3, "norm": "bn", "lr": 0.005, "min_rank_batch": 1}
 
 
-def _rank(rank: int, world: int, port: int, cache: str, out: str) -> None:
+def _rank(rank: int, world: int, port: int, cache: str, out: str, min_rank_batch: int) -> None:
     import voxtune.train.loop as loop
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    loop.fit(make_config({**CONFIG, "batch_size": 1}), cache, out, threads=1)
+    loop.fit(make_config({**CONFIG, "batch_size": 1, "min_rank_batch": min_rank_batch}), cache, out, threads=1)
     dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
     dist.destroy_process_group()
 
@@ -81,14 +102,16 @@ def odd_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_ranks_of_batch_one_follow_one_worker_of_batch_two_on_five_cases(odd_cache, tmp_path):
+@pytest.mark.parametrize("min_rank_batch", [1, 2])
+def test_two_ranks_of_batch_one_follow_one_worker_of_batch_two_on_five_cases(odd_cache, tmp_path, min_rank_batch):
     """bn with SyncBatchNorm: train loss per epoch within 1e-4 (float noise; dropping the short batch's
     weight measured 0.4-0.7 % off), every case trained once an epoch, and the same val Dice (the
-    statistics pass takes the same global batches too)."""
+    statistics pass takes the same global batches too). min_rank_batch 2 (CPU's default): rank 0 takes
+    every global batch whole and rank 1 an empty part, counted for nothing."""
     import voxtune.train.loop as loop
 
     one = loop.fit(make_config({**CONFIG, "batch_size": 2}), odd_cache, tmp_path / "one", threads=1)["metrics"]
-    mp.spawn(_rank, args=(2, _free_port(), str(odd_cache), str(tmp_path / "two")), nprocs=2)
+    mp.spawn(_rank, args=(2, _free_port(), str(odd_cache), str(tmp_path / "two"), min_rank_batch), nprocs=2)
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     two = two["epochs"] if isinstance(two, dict) else two
     assert [r["train_samples"] for r in two] == [5, 5, 5]

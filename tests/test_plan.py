@@ -131,6 +131,13 @@ def test_steps_follow_the_global_batch():
     gb = replace(PLAIN, global_batch=True)
     assert [M.steps(gb, k) for k in (1, 2)] == [4, 4]  # K ranks of batch / K take the 1-worker run's steps
     assert M.steps(replace(gb, train_cases=9), 2) == 5  # a short last batch is a step too
+    # CPU ranks pair up (min_part 2): batch 2 over 2 ranks is one rank of 2 (TRUTH's step 1.0), not two of 1 (0.8).
+    paired = replace(TRUTH, global_batch=True, min_part=2, val_cases=0)
+    assert (M.ranks_used(paired, 2), M.rank_batch(paired, 2), M.steps(paired, 2)) == (1, 2, 4)
+    assert M.compute_epoch_s(paired, 2, 1) == pytest.approx(4 * 1.0)
+    assert M.compute_epoch_s(replace(paired, min_part=1), 2, 1) == pytest.approx(4 * 0.8)
+    four = replace(paired, batch_size=4, train_cases=8)
+    assert (M.ranks_used(four, 2), M.rank_batch(four, 2), M.steps(four, 2)) == (2, 2, 2)
 
 
 def test_an_old_bench_json_is_refused_for_calibration(tmp_path, capsys):

@@ -26,7 +26,9 @@ def test_a_grown_trial_follows_its_one_worker_twin(norm, folds, cache_dir, tmp_p
     space = tmp_path / "space.yaml"
     space.write_text(f"lr: {{grid: [0.005]}}\nnorm: {{grid: [{norm}]}}\n")
     run, twin = tmp_path / "auto", tmp_path / "twin"
-    common = ["--cache", str(cache_dir), "--epochs", "4", "--set", "batch_size=2", "--folds", str(folds)]
+    # min_rank_batch 1: the grown trial's 2 ranks take 1 case each (CPU ranks would pair up: 2 + 0)
+    common = ["--cache", str(cache_dir), "--epochs", "4", "--set", "batch_size=2", "--set", "min_rank_batch=1",
+              "--folds", str(folds)]
     # --auto-regroup-s 0: grow although 3 epochs of a 24^3 volume cannot repay a regroup (what is tested
     # is that growing does not change the trial's result)
     assert main(["tune", "--out", str(run), "--mode", "auto", "--workers", "2", "--auto-regroup-s", "0",

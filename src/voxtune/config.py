@@ -47,6 +47,7 @@ class TrainConfig:
     unet_style: str = "voxtune"  # unet3d only; paper: 3^3 up-convolutions and head, conv bias, the paper's init
     folds: int = 1  # 1: the cache's train/val split; K >= 2: train + val cases pooled, cut into K seeded folds
     fold: int | None = None  # with folds K: null trains all K fold models side by side; i trains fold i's alone
+    min_rank_batch: int | None = None  # DDP: fewest cases a rank's part of a global batch may hold; null: 2 on CPU, 1 on CUDA
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +71,7 @@ def _check(key: str, ok: bool, what: str) -> None:
 def _coerce(key: str, value: Any) -> Any:
     """Coerce a YAML/CLI value to the field's type, or raise naming the key."""
     default = getattr(TrainConfig, key, None)
-    if key in ("num_workers", "amp", "fold"):  # null (or auto): decided by the machine the run lands on
+    if key in ("num_workers", "amp", "fold", "min_rank_batch"):  # null (or auto): decided by the machine the run lands on
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "auto", "")):
             return None
         default = False if key == "amp" else 0
@@ -134,6 +135,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check("epochs", 1 <= cfg.epochs <= 100000, f"{cfg.epochs} is outside 1..100000")
     _check("num_workers", cfg.num_workers is None or 0 <= cfg.num_workers <= 64,
            f"{cfg.num_workers} is outside 0..64 (or null: derived from the CPUs)")
+    _check("min_rank_batch", cfg.min_rank_batch is None or 1 <= cfg.min_rank_batch <= 1024,
+           f"{cfg.min_rank_batch} is outside 1..1024 (or null: 2 on CPU, 1 on CUDA)")
     _check("seed", cfg.seed >= 0, f"{cfg.seed} must be >= 0")
     _check("folds", 1 <= cfg.folds <= 20, f"{cfg.folds} is outside 1..20 (1: the cache's own train/val split)")
     if cfg.fold is not None:

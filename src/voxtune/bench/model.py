@@ -67,6 +67,7 @@ class MakespanModel:
     # DDP recipe: False = each rank takes batch_size (the paper's, lr x K); True = the global batch of
     # batch_size is split over the K ranks (voxtune's default: the 1-worker problem).
     global_batch: bool = False
+    min_part: int = 1  # global-batch: a rank's part holds this many cases or none (CPU ranks: 2; GlobalBatchSampler)
     fitted: list[dict[str, Any]] = field(default_factory=list)  # [{constant, value, from: [run labels], how}]
     val_s: float | None = None  # one validation case; None: VAL_RATIO x a step's per-case cost at batch_size
 
@@ -112,14 +113,20 @@ def _interpolate(points: dict[int, float], x: int) -> float:
     return pts[-1][1]
 
 
+def ranks_used(m: MakespanModel, k: int) -> int:
+    """The ranks of a k-worker trial that take cases: all, but under global-batch only as many as have
+    min_part cases of the batch each (the others join the all-reduce with nothing)."""
+    return min(k, max(1, m.batch_size // m.min_part)) if m.global_batch else k
+
+
 def rank_batch(m: MakespanModel, k: int) -> int:
-    """Each rank's batch in a k-worker trial."""
-    return max(1, m.batch_size // k) if m.global_batch and k > 1 else m.batch_size
+    """The batch of each rank that takes cases in a k-worker trial."""
+    return math.ceil(m.batch_size / ranks_used(m, k)) if m.global_batch and k > 1 else m.batch_size
 
 
 def steps(m: MakespanModel, k: int) -> int:
     """Optimiser steps (and all-reduces) per epoch of a k-worker trial."""
-    return math.ceil(m.train_cases / (rank_batch(m, k) * k))
+    return math.ceil(m.train_cases / (rank_batch(m, k) * ranks_used(m, k)))
 
 
 def allreduce_s(m: MakespanModel, k: int, gpus_per_node: int | None = None) -> float:
@@ -188,7 +195,7 @@ def _fit(bench: dict[str, Any]) -> MakespanModel:
                       batch_size=int(s["batch_size"]), epochs=int(s["epochs"]), step_s=0.0,
                       param_bytes=int(s["param_bytes"]), beta_s_per_byte=0.0, startup_s=0.0,
                       group_startup_s=0.0, trial_overhead_s=0.0, group_overhead_s=0.0, source="calibrated",
-                      global_batch=recipe == "global-batch")
+                      global_batch=recipe == "global-batch", min_part=int(s.get("min_part", 1)))
     fitted = m.fitted
 
     def fit(constant: str, value: Any, run: str | list[str], how: str) -> None:

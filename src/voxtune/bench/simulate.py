@@ -152,7 +152,8 @@ def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: i
         grown_s = epoch_s(m, n, busy + n - x[5], x[3].config, gpus_per_node)
         return grown_s < GOODPUT_GAIN * now_s and (now_s - grown_s) * left > m.regroup_s
 
-    return decide(r[2], view, workers, waiting, auto_sizes(workers, m.batch_size), set(), worth)
+    return decide(r[2], view, workers, waiting, auto_sizes(workers, m.batch_size, m.min_part), set(), worth,
+                  m.min_part)
 
 
 def queue_of(m: MakespanModel, trials: int) -> list[Trial]:

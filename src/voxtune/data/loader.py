@@ -123,18 +123,33 @@ class GlobalBatchSampler(EpochSampler):
 
     Each epoch one seeded permutation of the n training cases (randperm seeded seed + epoch: the order
     DistributedSampler gives a single replica, so one worker trains as before) is cut into global
-    batches of `global_batch`; rank r of K takes elements r, r + K, ... of each. Nothing is padded:
-    where K does not divide a batch (the last one, when K does not divide n) the parts differ in size,
-    one may be empty, and `weight(step)` is how much this rank's mean loss must count for DDP's average
-    of the K gradients to be the mean over the global batch. DistributedSampler instead repeats cases
-    to even the shards, so a K-rank trial would train on n + (K - n mod K) cases an epoch.
+    batches of `global_batch`. A batch of s cases goes to the first m = min(K, max(1, s // min_part))
+    ranks, rank r < m taking elements r, r + m, ... of it: every part holds at least `min_part` cases
+    where the batch has them. Nothing is padded: the parts may differ in size, some may be empty, and
+    `weight(step)` is how much this rank's mean loss must count for DDP's average of the K gradients to
+    be the mean over the global batch. DistributedSampler instead repeats cases to even the shards, so
+    a K-rank trial would train on n + (K - n mod K) cases an epoch.
+
+    min_part 2 is for CPU ranks: torch 2.13 runs a batch-1 Conv3d of this net outside oneDNN, and a
+    batch-1 step costs 2-6x a batch-2 step per case (benchmarks/cpu_batch.py: 0.267 against 0.043 s at
+    32^3, 0.95 against 0.47 s at 64^3), so one rank of 2 cases finishes no later than 2 ranks of 1 case each, and leaves a core free.
     """
 
-    def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int):
-        if not 0 <= rank < world or global_batch < 1 or n < 1:
-            raise ValueError(f"GlobalBatchSampler: n {n}, global batch {global_batch}, rank {rank} of {world}")
+    def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int, min_part: int = 1):
+        if not 0 <= rank < world or global_batch < 1 or n < 1 or min_part < 1:
+            raise ValueError(f"GlobalBatchSampler: n {n}, global batch {global_batch}, rank {rank} of {world}, "
+                             f"min part {min_part}")
         super().__init__(sampler=None)
         self.n, self.global_batch, self.world, self.rank, self.seed = n, global_batch, world, rank, seed
+        self.min_part = min_part
+
+    def ranks_used(self, size: int) -> int:
+        """How many ranks a global batch of `size` cases is split over (the first ones)."""
+        return min(self.world, max(1, size // self.min_part))
+
+    def _part(self, batch: list) -> list:
+        m = self.ranks_used(len(batch))
+        return batch[self.rank::m] if self.rank < m else []
 
     def order(self) -> list[int]:
         generator = torch.Generator()
@@ -145,7 +160,7 @@ class GlobalBatchSampler(EpochSampler):
         """This rank's part of each global batch of the epoch's first `cases` cases (all by default)."""
         order = self.order()[:cases]
         for start in range(0, len(order), self.global_batch):
-            yield [(self.epoch, i) for i in order[start:start + self.global_batch][self.rank::self.world]]
+            yield [(self.epoch, i) for i in self._part(order[start:start + self.global_batch])]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return self.parts()
@@ -156,7 +171,7 @@ class GlobalBatchSampler(EpochSampler):
     def weight(self, step: int) -> float:
         """K x this rank's share of global batch `step` (1.0 when the parts are equal)."""
         size = min(self.global_batch, self.n - step * self.global_batch)
-        return len(range(self.rank, size, self.world)) * self.world / size
+        return len(self._part(list(range(size)))) * self.world / size
 
 
 def collate_parts(items: list):

@@ -41,9 +41,10 @@ class PoolState:
     """The search's one view of who trains on how many workers (see the module's docstring); the Pool
     actor holds one."""
 
-    def __init__(self, workers: int, sizes: list[int], regroup_s: float | None = None):
-        """regroup_s: what a regroup costs until one is measured (None: estimated from the trials' start-up)."""
-        self.workers, self.sizes, self.assumed = workers, sizes, regroup_s
+    def __init__(self, workers: int, sizes: list[int], regroup_s: float | None = None, min_part: int = 1):
+        """regroup_s: what a regroup costs until one is measured (None: estimated from the trials' start-up);
+        min_part: the fewest cases a rank's part of a global batch holds (modes.splits)."""
+        self.workers, self.sizes, self.assumed, self.min_part = workers, sizes, regroup_s, min_part
         self.waiting = 0
         self.running: dict[str, Running] = {}
         self.slow: set[tuple[int, int]] = set()
@@ -91,7 +92,8 @@ class PoolState:
             if epoch_s > GOODPUT_GAIN * before_s:
                 self.slow.add((trial.batch_size, k))
                 return self._change(trial_id, trial, before, "did not pay")
-        target = decide(trial_id, self.running, self.workers, self.waiting, self.sizes, self.slow, self.worth)
+        target = decide(trial_id, self.running, self.workers, self.waiting, self.sizes, self.slow, self.worth,
+                        self.min_part)
         if target > trial.k:
             trial.grew_from = trial.k
         return self._change(trial_id, trial, target, "waiting trials" if target < trial.k else "idle workers")
@@ -115,10 +117,11 @@ class PoolState:
 Pool = ray.remote(num_cpus=0)(PoolState)
 
 
-def start_pool(name: str, workers: int, batch_sizes: list[int], train_cases: int, regroup_s: float | None = None):
+def start_pool(name: str, workers: int, batch_sizes: list[int], train_cases: int, regroup_s: float | None = None,
+               min_part: int = 1):
     """The search's Pool, named so every trial finds it: K from every batch the space can give, at most
-    one rank per training case (the loop refuses an empty rank)."""
+    one rank per training case (the loop refuses an empty rank) and min_part cases per rank."""
     from voxtune.parallel.modes import auto_sizes
 
-    sizes = sorted({k for b in batch_sizes for k in auto_sizes(min(workers, train_cases), b)})
-    return Pool.options(name=name).remote(workers, sizes, regroup_s)
+    sizes = sorted({k for b in batch_sizes for k in auto_sizes(min(workers, train_cases), b, min_part)})
+    return Pool.options(name=name).remote(workers, sizes, regroup_s, min_part)

@@ -55,9 +55,15 @@ def workers_per_trial(mode: str, workers: int, k: int | None = None) -> int:
     return per_trial
 
 
-def auto_sizes(workers: int, batch_size: int) -> list[int]:
+def splits(batch_size: int, k: int, min_part: int = 1) -> bool:
+    """Global-batch can give each of K ranks batch_size / K cases, at least min_part (CPU ranks: 2,
+    voxtune.data.loader.GlobalBatchSampler says why; a rank that would get fewer would train nothing)."""
+    return k == 1 or (batch_size % k == 0 and batch_size // k >= min_part)
+
+
+def auto_sizes(workers: int, batch_size: int, min_part: int = 1) -> list[int]:
     """The K an auto trial may train on: 1, and every K <= W that global-batch can split batch_size over."""
-    return [k for k in range(1, workers + 1) if batch_size % k == 0]
+    return [k for k in range(1, workers + 1) if splits(batch_size, k, min_part)]
 
 
 def mode_of(workers: int, k: int) -> str:
@@ -98,13 +104,15 @@ class Running:
 
 
 def decide(me: str, running: dict[str, Running], workers: int, waiting: int, sizes: list[int],
-           slow: set[tuple[int, int]], worth: Callable[[Running, int], bool] = lambda r, k: True) -> int:
+           slow: set[tuple[int, int]], worth: Callable[[Running, int], bool] = lambda r, k: True,
+           min_part: int = 1) -> int:
     """The K trial `me` trains its next epoch on. `sizes`: the K a search's batch allows (a trial's
-    own batch_size must be divisible by its K too); `slow`: the (batch_size, K) whose growth did not pay;
-    `worth(trial, K)`: whether growing that trial to K saves more than a regroup costs."""
+    own batch_size must split over its K too, min_part cases a rank at least); `slow`: the (batch_size,
+    K) whose growth did not pay; `worth(trial, K)`: whether growing that trial to K saves more than a
+    regroup costs."""
 
     def fits(r: Running, k: int) -> bool:
-        return r.batch_size % k == 0 and (k == 1 or ((r.batch_size, k) not in slow and (k <= r.k or worth(r, k))))
+        return splits(r.batch_size, k, min_part) and (k == 1 or ((r.batch_size, k) not in slow and (k <= r.k or worth(r, k))))
 
     trial = running[me]
     allowed = [k for k in sizes if fits(trial, k)]

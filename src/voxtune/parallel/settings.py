@@ -127,15 +127,27 @@ class SearchSettings:
                                "drop scale_lr from the config and the space")
         return "global-batch"
 
+    def min_part(self) -> int:
+        """The fewest cases a rank's part of a global batch holds: min_rank_batch, else 2 on CPU workers and
+        1 on GPUs (voxtune.data.loader.GlobalBatchSampler says why)."""
+        return make_config(self.base_config).min_rank_batch or (1 if self.gpus_per_worker else 2)
+
     def batch_one_note(self) -> str | None:
-        """One line before a search whose CPU ranks would each take batch 1 (global-batch over K = batch_size):
-        torch 2.13 runs a batch-1 Conv3d outside oneDNN, so such a rank is slow; None otherwise."""
+        """One line before a search whose CPU ranks would take batch 1 (global-batch over K >= batch_size / 2):
+        by default those ranks pair up and the others train nothing; with min_rank_batch 1 each takes one
+        case, which torch 2.13 runs outside oneDNN, slowly. None otherwise."""
         k, batch = self.per_trial(), make_config(self.base_config).batch_size
-        if self.gpus_per_worker or k == 1 or self.ddp_recipe != "global-batch" or batch // k != 1:
+        if self.gpus_per_worker or k == 1 or self.ddp_recipe != "global-batch" or batch // k > 1:
             return None
-        return (f"note: each of the {k} DDP ranks of a trial takes batch 1 ({batch} / {k}); on CPU workers a batch-1 "
-                "step of the 3D U-Net costs about as much as a batch-4 one (README, benchmarks/cpu_batch.py), so "
-                f"this trial may run slower than on one worker; batch_size {2 * k} (2 per rank) would not")
+        if (p := self.min_part()) > 1:
+            used = max(1, min(k, batch // p))
+            return (f"note: a trial's global batch of {batch} goes to {used} of its {k} DDP ranks ({p} cases or more "
+                    "each: on CPU a batch-1 step of the 3D U-Net costs 2-6x a batch-2 step per case, "
+                    f"benchmarks/cpu_batch.py), so {k - used} rank(s) train nothing and the trial runs at about "
+                    f"{used} worker(s)' speed; batch_size {2 * k} (2 per rank) would use them all")
+        return (f"note: each of the {k} DDP ranks of a trial takes batch 1 ({batch} / {k}, min_rank_batch 1); on CPU "
+                "workers a batch-1 step of the 3D U-Net costs 2-6x a batch-2 step per case (benchmarks/cpu_batch.py), "
+                f"so this trial may run slower than on one worker; batch_size {2 * k} (2 per rank) would not")
 
     def per_trial(self) -> int:
         return modes.workers_per_trial(self.mode, self.workers, self.workers_per_trial)

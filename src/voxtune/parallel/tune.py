@@ -135,7 +135,7 @@ def _start_pool(settings: SearchSettings, run_dir: Path):
         batches = [make_config(settings.base_config).batch_size]
     train_cases = len(case_ids(read_manifest(settings.cache_dir), "train"))
     return start_pool(pool_name(run_dir), settings.workers, [int(b) for b in batches], train_cases,
-                      settings.auto_regroup_s)
+                      settings.auto_regroup_s, settings.min_part())
 
 
 def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, address: str | None = None,

@@ -117,7 +117,8 @@ def build(cfg: TrainConfig, cache_dir: str | Path, rank: int, world: int, thread
         raise VoxtuneError(f"{cache_dir}: {len(train_set)} training case(s) for {world} DDP ranks: every rank needs "
                            "at least one; use fewer workers per trial or prepare more cases")
     # (epoch, index) keys: loader workers draw each epoch's patches and flips from them.
-    sampler = GlobalBatchSampler(len(train_set), cfg.batch_size * world, world, rank, cfg.seed)
+    min_part = cfg.min_rank_batch or (1 if device.type == "cuda" else 2)  # GlobalBatchSampler says why
+    sampler = GlobalBatchSampler(len(train_set), cfg.batch_size * world, world, rank, cfg.seed, min_part)
     workers = loader_workers(cfg, threads or usable_cpus(), device.type == "cuda")
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_parts, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
