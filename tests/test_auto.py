@@ -4,10 +4,30 @@ from __future__ import annotations
 import pytest
 
 from voxtune.errors import VoxtuneError
-from voxtune.parallel import modes
+from voxtune.parallel import auto, modes
 from voxtune.parallel.auto import PoolState, Running, decide
 from voxtune.parallel.modes import auto_sizes
 from voxtune.parallel.settings import SearchSettings
+
+
+class _Clock:
+    """The Pool's time.time: 100 s pass between two readings unless a test sets `step` and moves `now`."""
+
+    def __init__(self):
+        self.now, self.step = 1000.0, 100.0
+
+    def time(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """Epochs in these tests take 10 s of the Pool's clock, not of the test's: every epoch reported has run
+    after the last change of who trains (steady) unless a test says otherwise."""
+    fake = _Clock()
+    monkeypatch.setattr(auto, "time", fake)
+    return fake
 
 
 def _running(**trials: tuple[int, float]) -> dict[str, Running]:
@@ -56,6 +76,33 @@ def test_growth_that_did_not_pay_is_undone_and_not_tried_again():
     pool.started("b", 2)
     assert pool.epoch_end("b", 1, 2, 0.9, 10.0, 5) == 1
     assert [(c["from"], c["to"], c["why"]) for c in pool.changes()] == [(1, 2, "idle workers"), (2, 1, "did not pay")]
+
+
+def test_growth_waits_for_an_epoch_that_no_other_trial_slowed(clock):
+    """b's epoch ran partly beside a, which has since ended: its time says nothing of b alone, so b grows
+    only after an epoch alone; and a growth is judged only on an epoch that no other change slowed or sped."""
+    clock.step = 0.0
+    pool = PoolState(workers=2, sizes=[1, 2], regroup_s=1.0)
+    pool.started("a", 2)
+    pool.started("b", 2)
+    clock.now += 10
+    pool.ended("a")  # mid-way through b's epoch
+    clock.now += 5
+    assert pool.epoch_end("b", 1, 2, 0.5, 15.0, 5) == 1  # began beside a: not a measure of b alone
+    clock.now += 10
+    assert pool.epoch_end("b", 1, 2, 0.5, 10.0, 5) == 2  # an epoch alone: grows
+
+    pool = PoolState(workers=3, sizes=[1, 2], regroup_s=1.0)
+    pool.started("a", 2)
+    pool.started("b", 2)
+    clock.now += 10
+    assert pool.epoch_end("b", 1, 2, 0.9, 10.0, 5) == 2  # the free worker: b grows
+    clock.now += 5
+    pool.ended("a")  # mid-way through b's first grown epoch, which it speeds up
+    clock.now += 5
+    assert pool.epoch_end("b", 2, 2, 0.9, 9.9, 5) == 2 and not pool.slow  # not judged on that epoch
+    clock.now += 10
+    assert pool.epoch_end("b", 2, 2, 0.9, 9.9, 5) == 1 and pool.slow == {(2, 2)}  # judged: did not pay
 
 
 def test_growth_that_pays_stays_until_a_trial_waits():

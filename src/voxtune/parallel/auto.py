@@ -12,9 +12,12 @@ asks it at every epoch end which K to train its next epoch on (voxtune.parallel.
       workers gives them back at this epoch end, so a waiting trial is delayed by at most one epoch;
     - no trial waits and workers are free (the last trials of a search, trials ASHA stopped): the most
       promising running trial that can still grow (best validation Dice so far: HyperSched's order)
-      takes them, up to the largest K that global-batch can split its batch over (modes.auto_sizes);
-    - growth that did not pay (its first epoch at the new K was not faster than the last at the old
-      one: Pollux's goodput, measured) is undone at once, and no trial of the search grows to that
+      takes them, up to the largest K that global-batch can split its batch over (modes.auto_sizes),
+      where the gain expected over its remaining epochs exceeds a regroup's cost, measured on an epoch
+      that ran while no trial started, ended or regrouped (Running.steady: an epoch slowed by a trial
+      that has since ended promises a gain the trial cannot have);
+    - growth that did not pay (its first steady epoch at the new K was not faster than the last at the
+      old one: Pollux's goodput, measured) is undone at once, and no trial of the search grows to that
       rank batch again.
 
 The rule itself (Running, decide) lives in voxtune.parallel.modes, Ray-free, so that `voxtune plan`'s
@@ -53,12 +56,13 @@ class PoolState:
         # assumed, or the longest a trial took from its start to its first epoch (a new rank pays that too).
         self.regroup_s = regroup_s or 0.0
         self.log: list[dict[str, Any]] = []  # every change of K, for the tests and the curious
+        self.occupancy_ts = 0.0  # when a trial last started, ended or changed its K
 
     def worth(self, trial: Running, k: int) -> bool:
         """Growing `trial` to K saves more over its remaining epochs than a regroup costs: at the gain
         measured for (batch, K) where a trial grew so before, else at the ideal 1 - K_now/K."""
         now_s = trial.epoch_s.get(trial.k)
-        if now_s is None:
+        if now_s is None or not trial.steady:
             return False
         share = self.gain.get((trial.batch_size, k), 1 - trial.k / k)
         return share * now_s * trial.epochs_left > self.regroup_s
@@ -68,13 +72,17 @@ class PoolState:
         started holds its worker before its own `started` call reaches the Pool)."""
         self.waiting = waiting
         for trial_id in running or []:
-            self.running.setdefault(trial_id, Running(started=time.time()))
+            if trial_id not in self.running:
+                self.running[trial_id] = Running(started=time.time())
+                self.occupancy_ts = time.time()
 
     def started(self, trial_id: str, batch_size: int) -> None:
         self.running[trial_id] = Running(started=time.time(), batch_size=batch_size)
+        self.occupancy_ts = time.time()
 
     def ended(self, trial_id: str) -> None:
-        self.running.pop(trial_id, None)
+        if self.running.pop(trial_id, None) is not None:
+            self.occupancy_ts = time.time()
 
     def epoch_end(self, trial_id: str, k: int, batch_size: int, val_dice: float, epoch_s: float,
                   epochs_left: int = 0, regroup_s: float = 0.0, startup_s: float = 0.0) -> int:
@@ -83,8 +91,9 @@ class PoolState:
         trial = self.running.setdefault(trial_id, Running(started=time.time()))
         trial.k, trial.batch_size, trial.best = k, batch_size, max(trial.best, val_dice)
         trial.epoch_s[k], trial.epochs_left = epoch_s, epochs_left
+        trial.steady = time.time() - epoch_s >= self.occupancy_ts
         self.regroup_s = max(self.regroup_s, regroup_s, startup_s if self.assumed is None else 0.0)
-        if trial.grew_from is not None:
+        if trial.grew_from is not None and trial.steady:  # judged on an epoch no other change slowed or sped
             before = trial.grew_from
             trial.grew_from = None
             before_s = trial.epoch_s.get(before, math.inf)
@@ -102,6 +111,7 @@ class PoolState:
         if k != trial.k:
             self.log.append({"trial_id": trial_id, "from": trial.k, "to": k, "why": why, "ts": time.time()})
             trial.k = k  # reserved now: another trial asking before this one regroups sees them taken
+            self.occupancy_ts = time.time()
         return k
 
     def resized(self, trial_id: str, k: int) -> None:
@@ -109,6 +119,7 @@ class PoolState:
         trial = self.running.get(trial_id)
         if trial is not None and k != trial.k:  # it did not get the K asked for: no growth to judge
             trial.k, trial.grew_from = k, None
+            self.occupancy_ts = time.time()
 
     def changes(self) -> list[dict[str, Any]]:
         return list(self.log)

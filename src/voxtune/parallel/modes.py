@@ -101,6 +101,9 @@ class Running:
     epoch_s: dict[int, float] = field(default_factory=dict)  # last epoch's seconds at each K
     grew_from: int | None = None  # the K before its last growth, until that growth is judged
     epochs_left: int = 0
+    # Its last epoch ran while no trial started, ended or regrouped: its epoch_s is what it costs now (an
+    # epoch beside a trial that has since ended was slowed by it, and would promise a growth a gain it cannot have).
+    steady: bool = True
 
 
 def decide(me: str, running: dict[str, Running], workers: int, waiting: int, sizes: list[int],
