@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, prepared to fit one device call (< 10 minutes on one GPU); never part of CI.
 # Loader samples/s against the network's steps/s at full size (whole volume and 128^3 patches),
-# AMP on and off, and 1, 2 or 4 trials packed on the GPU: benchmarks/gpu_bench.py says how.
+# AMP on and off, 1, 2 or 4 trials packed on the GPU, and auto's survivor growing from 1 to 2 ranks of the
+# GPU once the others stopped: benchmarks/gpu_bench.py says how.
 #
 # Here, once (the device machine has PyTorch but neither MONAI nor nibabel, and reaches no index):
 #     bash benchmarks/gpu.sh --fetch-wheels           -> .whl/ (ignored by git; ~5 MB)

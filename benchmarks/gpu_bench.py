@@ -9,7 +9,10 @@ what packing 1, 2 or 4 trials on the GPU gives. Run through benchmarks/gpu.sh (n
    already on the GPU, whole volume (240 x 240 x 152) and 128^3 patches, AMP (bf16) on and off;
 3. packing: 1, 2 and 4 `voxtune train` processes sharing the GPU at once (what `voxtune tune
    --gpus-per-worker 1 / 0.5 / 0.25` places on one GPU; Ray itself is not installed there, its
-   wheel is larger than what the device machine accepts), 128^3 patches, aggregate samples/s.
+   wheel is larger than what the device machine accepts), 128^3 patches, aggregate samples/s;
+4. auto's survivor: when ASHA has stopped 3 of 4 packed trials, the last one grows: one trial at
+   batch 2 on 1 rank against 2 gloo ranks of batch 1 on the same GPU (torchrun in place of Ray: the
+   growth's gain, not the Pool's decision), seconds per epoch.
 
 --smoke runs every step at toy sizes on the CPU, to check the script before a GPU is lent.
 Writes WORK/gpu.json and prints the table.
@@ -108,6 +111,24 @@ def packed_rate(cache: Path, work: Path, trials: int, patch: int, epochs: int, a
     return total
 
 
+def grown_rate(cache: Path, work: Path, ranks: int, patch: int, epochs: int, amp: bool) -> dict:
+    """auto's survivor: one trial (batch 2) trained by `ranks` gloo ranks sharing the GPU (global-batch:
+    1 case a rank at 2), as a trial grows once ASHA has stopped the others packed with it. Ray is not on
+    the device machine, so the ranks start with torchrun and the Pool's decision is not exercised: this
+    measures what the growth would give, seconds per epoch and training samples/s of the one trial."""
+    run = work / f"grown{ranks}"
+    config = {"batch_size": 2, "epochs": epochs, "patch_size": [patch] * 3, "amp": amp, "min_rank_batch": 1}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    threads = max(1, (os.cpu_count() or 1) // 4 // ranks)  # a quarter of the machine, as 1 of 4 packed trials
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+           str(ROOT / "benchmarks" / "grow_rank.py"), str(cache), str(run), json.dumps(config), str(threads)]
+    if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode:
+        raise SystemExit(f"the {ranks}-rank run failed")
+    records = json.loads((run / "metrics.json").read_text())[1:]  # epoch 1 warms up
+    return {"ranks": ranks, "epoch_s": sum(r["epoch_time_s"] for r in records) / len(records),
+            "samples_per_s": sum(r["train_samples"] for r in records) / sum(r["train_s"] for r in records)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("work", type=Path)
@@ -149,6 +170,12 @@ def main() -> None:
         rate = packed_rate(cache, work, trials, patch, 2 if args.smoke else 3, amp=cuda)  # (true without CUDA is refused)
         result["packed"].append({"trials": trials, "gpus_per_trial": 1 / trials, "samples_per_s": rate})
         log(f"{trials} trial(s) packed on the GPU: {rate:.2f} training samples/s in total")
+    result["grown"] = []
+    for ranks in (1, 2):
+        row = grown_rate(cache, work, ranks, patch, 2 if args.smoke else 4, amp=cuda)
+        result["grown"].append(row)
+        log(f"auto's survivor on {ranks} rank(s) of the GPU: {row['epoch_s']:.2f} s an epoch, "
+            f"{row['samples_per_s']:.2f} training samples/s")
     (work / "gpu.json").write_text(json.dumps(result, indent=1))
     print(f"\n{result['device']}, torch {result['torch']}, {result['cpus']} CPUs; samples/s")
     print("| sample | loader 0 / 4 / 8 processes | network AMP off | network AMP on (bf16) |\n|---|---:|---:|---:|")
@@ -159,6 +186,11 @@ def main() -> None:
     print("\n| trials packed on the GPU | GPU per trial | training samples/s, all trials |\n|---:|---:|---:|")
     for r in result["packed"]:
         print(f"| {r['trials']} | {r['gpus_per_trial']:g} | {r['samples_per_s']:.2f} |")
+    one = result["grown"][0]["epoch_s"]
+    print("\n| auto's survivor (batch 2, global-batch, ranks sharing the GPU) | s per epoch | training samples/s "
+          "| epoch time / 1 rank's |\n|---|---:|---:|---:|")
+    for r in result["grown"]:
+        print(f"| {r['ranks']} rank(s) | {r['epoch_s']:.2f} | {r['samples_per_s']:.2f} | {r['epoch_s'] / one:.2f} |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.optim.swa_utils import update_bn
 
+from spawned_ranks import leave_together
 from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest
 from voxtune.data.loader import CaseDataset
@@ -93,8 +94,7 @@ def _ranks_worker(rank: int, world: int, init: str, out: str) -> None:
     batches = [torch.randn(2, 2, 8, 8, 8, generator=g) * (rank + 1) for _ in range(2 + rank)]
     recompute_bn_stats(model, iter(batches))
     torch.save({"stats": _stats(model), "batches": batches}, f"{out}/rank{rank}.pt")
-    dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
-    dist.destroy_process_group()
+    leave_together()
 
 
 @pytest.mark.slow
@@ -126,8 +126,7 @@ def _fit_worker(rank: int, world: int, init: str, cache: str, out: str) -> None:
     loop._validate = spy
     loop.fit(make_config({"epochs": 2, "norm": "bn", "lr": 0.005}), cache, f"{out}/run", threads=1)
     torch.save(seen, f"{out}/validated{rank}.pt")
-    dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
-    dist.destroy_process_group()
+    leave_together()
 
 
 @pytest.mark.slow

@@ -258,6 +258,8 @@ def test_each_repeat_has_its_own_seed_and_trial_order(tmp_path, monkeypatch, cac
     seeds = {name: seed for name, (seed, _) in seen.items()}
     assert seeds == {"experiment-w1-r1": 5, "experiment-w1-r2": 6, "experiment-w1-r3": 7,
                      "data-w2-global-batch-r1": 5, "data-w2-global-batch-r2": 6, "data-w2-global-batch-r3": 7}
+    # Repeat by repeat: a spell of load slows one repeat of each mode, not every repeat of one.
+    assert list(seen) == [f"{point}-r{r}" for r in (1, 2, 3) for point in ("experiment-w1", "data-w2-global-batch")]
     orders = {name: [tuple(v["grid"]) for v in sp.values()] for name, (_, sp) in seen.items()}
     assert orders["experiment-w1-r1"] == orders["data-w2-global-batch-r1"]  # paired within a repeat
     assert len({tuple(o) for o in orders.values()}) == 3  # and their own order in each repeat

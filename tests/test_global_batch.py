@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
+from spawned_ranks import leave_together
 from voxtune.config import make_config
 from voxtune.data.loader import GlobalBatchSampler
 from voxtune.errors import VoxtuneError
@@ -83,8 +84,7 @@ def _rank(rank: int, world: int, port: int, cache: str, out: str, min_rank_batch
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     loop.fit(make_config({**CONFIG, "batch_size": 1, "min_rank_batch": min_rank_batch}), cache, out, threads=1)
-    dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
-    dist.destroy_process_group()
+    leave_together()
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,7 @@ def _grown(rank: int, world: int, port: int, cache: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     loop.fit(make_config({**CONFIG, "epochs": 4, "batch_size": 1}), cache, out, threads=1)
-    dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
-    dist.destroy_process_group()
+    leave_together()
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from spawned_ranks import leave_together
 from voxtune.config import make_config
 from voxtune.models import build_model
 from voxtune.train import syncbn
@@ -76,9 +77,10 @@ def _rank(rank: int, world: int, port: int, out) -> None:
         results["layer"] = _layer(rank, world)
         if rank == 0:
             out.put(results)
-        dist.barrier()  # tear down together: a gloo peer gone mid-teardown can abort the other rank (SIGABRT)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    leave_together()
 
 
 def _loss_weights() -> torch.Tensor:

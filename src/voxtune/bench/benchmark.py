@@ -258,7 +258,10 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
     points: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
     failed: list[dict[str, Any]] = []  # runs whose every trial failed
     total = len(runs) * repeats
-    for i, ((mode, w, k, recipe), rep) in enumerate(itertools.product(runs, range(1, repeats + 1)), start=1):
+    # Repeat by repeat, every point in each: a spell of load on the machine (minutes, on a shared one)
+    # then slows one repeat of every mode, not every repeat of one mode.
+    order = ((point, rep) for rep, point in itertools.product(range(1, repeats + 1), runs))
+    for i, ((mode, w, k, recipe), rep) in enumerate(order, start=1):
         name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
         seed = repeat_seed(base.seed, rep)
         settings = SearchSettings(cache_dir=str(Path(cache).resolve()), mode=mode, space=shuffled_space(space, seed),
