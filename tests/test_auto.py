@@ -225,3 +225,22 @@ def test_a_growth_ray_could_not_place_is_not_judged_as_one_that_did_not_pay():
     pool.resized("a", 2)  # Ray placed none of the 2 extra bundles in time
     assert pool.epoch_end("a", 2, 4, 0.9, 6.0, 7) == 4  # an epoch on 2 is not a growth to 4 that did not pay
     assert (4, 4) not in pool.slow and (4, 2) not in pool.slow
+
+
+def test_a_processs_first_trial_counts_its_start_up_from_the_process_start(monkeypatch):
+    """What the Pool takes as a regroup's cost before one is measured: a new rank pays its process's
+    start (Python, Ray) too, so the first trial of a process counts from there; a reused one from its own start."""
+    import time
+
+    from voxtune.parallel import trial
+
+    monkeypatch.setattr(trial, "_FRESH", [True])
+    monkeypatch.setattr(trial, "process_started", lambda: 100.0)
+    assert trial._startup_since(103.5) == 100.0
+    assert trial._startup_since(250.0) == 250.0  # the process's next trial: no process start to pay
+    monkeypatch.setattr(trial, "_FRESH", [True])
+    monkeypatch.setattr(trial, "process_started", lambda: None)  # no /proc
+    assert trial._startup_since(103.5) == 103.5
+    from voxtune.machine import process_started
+
+    assert 0 <= time.time() - process_started() < 6 * 3600  # this test process (pytest), started before this test
