@@ -30,6 +30,7 @@ run ray_train_startup "$PY" benchmarks/ray_train_startup.py
 run cpu_batch "$PY" benchmarks/cpu_batch.py
 run precise_bn bash benchmarks/precise_bn.sh "$WORK/precise-bn"
 run same_problem bash benchmarks/same_problem.sh "$WORK/same-problem"
+run rank_pairs bash benchmarks/rank_pairs.sh "$WORK/rank-pairs"
 run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"
 run bench_auto bash benchmarks/bench_auto.sh "$WORK/bench-auto"
 run bench_folds bash benchmarks/bench_folds.sh "$WORK/bench-folds"
