@@ -179,8 +179,9 @@ assert voxtune.train.loop.fit.__module__ == "sitecustomize", "fit"
 def test_a_trials_own_error_at_any_epoch_on_any_rank_fails_that_trial_only(mode, cache_dir, tmp_path):
     cells = {repr(round(0.0011 + 0.0001 * i, 4)): cell for i, cell in enumerate(_MATRIX[mode])}
     lrs = ["0.001", *cells]
+    # Hybrid: a global batch of 4, so that rank 1 trains too (on CPU a rank takes 2 cases of a batch or none).
     workers = ["--workers", "2"] if mode == "experiment" else \
-        ["--workers", "4", "--workers-per-trial", "2", "--cpus-per-worker", "0.5"]
+        ["--workers", "4", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--set", "batch_size=4"]
     env = {"PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
            "VOXTUNE_FAULTS": json.dumps(cells)}
     # The hooks must take: Python swallows an error in sitecustomize, and a search without its faults passes.
