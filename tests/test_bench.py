@@ -258,10 +258,21 @@ def test_each_repeat_has_its_own_seed_and_trial_order(tmp_path, monkeypatch, cac
     seeds = {name: seed for name, (seed, _) in seen.items()}
     assert seeds == {"experiment-w1-r1": 5, "experiment-w1-r2": 6, "experiment-w1-r3": 7,
                      "data-w2-global-batch-r1": 5, "data-w2-global-batch-r2": 6, "data-w2-global-batch-r3": 7}
-    # Repeat by repeat: a spell of load slows one repeat of each mode, not every repeat of one.
-    assert list(seen) == [f"{point}-r{r}" for r in (1, 2, 3) for point in ("experiment-w1", "data-w2-global-batch")]
+    # Repeat by repeat: a spell of load slows one repeat of each mode, not every repeat of one; and each
+    # repeat starts one point further on, so that no mode always runs right after the same other one.
+    assert list(seen) == ["experiment-w1-r1", "data-w2-global-batch-r1", "data-w2-global-batch-r2",
+                          "experiment-w1-r2", "experiment-w1-r3", "data-w2-global-batch-r3"]
     orders = {name: [tuple(v["grid"]) for v in sp.values()] for name, (_, sp) in seen.items()}
     assert orders["experiment-w1-r1"] == orders["data-w2-global-batch-r1"]  # paired within a repeat
     assert len({tuple(o) for o in orders.values()}) == 3  # and their own order in each repeat
     for order in orders.values():  # the same trials, only queued differently
         assert sorted(order[0]) == [0.001, 0.002, 0.003, 0.004] and sorted(order[1]) == ["bn", "gn"]
+
+
+def test_bench_order_puts_each_point_after_a_different_one_in_each_repeat():
+    points = ["experiment", "data", "hybrid", "auto"]
+    order = B.run_order(points, 4)
+    assert sorted(order) == sorted((p, r) for p in points for r in (1, 2, 3, 4))  # each point once a repeat
+    assert [r for _, r in order] == sorted(r for _, r in order)  # repeat by repeat
+    for point in points:  # each point holds each place in its repeat once, so none always follows the same one
+        assert sorted([p for p, r in order if r == rep].index(point) for rep in (1, 2, 3, 4)) == [0, 1, 2, 3]

@@ -250,6 +250,14 @@ def _unless_interrupted(summary: dict[str, Any], name: str) -> dict[str, Any]:
     return summary
 
 
+def run_order(runs: list, repeats: int) -> list[tuple[Any, int]]:
+    """(point, repeat) in the order the bench runs them. Repeat by repeat, every point in each: a spell of
+    load on the machine (minutes, on a shared one) slows one repeat of every mode, not every repeat of one.
+    And repeat r starts r - 1 points further on: whatever a run leaves behind (processes still exiting, a
+    warm or cold page cache) falls on a different mode in each repeat, not always on the one after it."""
+    return [(runs[(rep - 1 + i) % len(runs)], rep) for rep in range(1, repeats + 1) for i in range(len(runs))]
+
+
 def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, Any], grid_repeats: int, base,
                 trials: int, cpus_per_worker: float, gpus_per_worker: float, address: str | None, scheduler: str):
     """Run every (mode, W, K, recipe) point `repeats` times: ({point: [measured repeat]}, [failed run])."""
@@ -258,9 +266,7 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
     points: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
     failed: list[dict[str, Any]] = []  # runs whose every trial failed
     total = len(runs) * repeats
-    # Repeat by repeat, every point in each: a spell of load on the machine (minutes, on a shared one)
-    # then slows one repeat of every mode, not every repeat of one mode.
-    order = ((point, rep) for rep, point in itertools.product(range(1, repeats + 1), runs))
+    order = run_order(runs, repeats)
     for i, ((mode, w, k, recipe), rep) in enumerate(order, start=1):
         name = f"{mode}-w{w}" + (f"-{recipe}" if recipe and k > 1 else "") + f"-r{rep}"
         seed = repeat_seed(base.seed, rep)
