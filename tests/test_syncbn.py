@@ -77,6 +77,8 @@ def _rank(rank: int, world: int, port: int, out) -> None:
         results["layer"] = _layer(rank, world)
         if rank == 0:
             out.put(results)
+            out.close()
+            out.join_thread()  # on the parent's pipe before leave_together ends this process at once
     except BaseException:
         dist.destroy_process_group()
         raise
