@@ -5,13 +5,12 @@ the first tasks and actors to take. Tune's trial actors never take them: Tune gi
 runtime env of its own (env_vars PL_DISABLE_FORK=1, ray/tune/execution/class_cache.py), and a worker
 serves one runtime env; so each trial starts a process of its own, while the prestarted ones load Python
 and Ray on the same CPUs and are then ended. Only actors in the job's env take one: auto's Pool, data mode's ranks 1..K-1.
-So voxtune's local Ray starts none (voxtune.parallel.cluster.init_ray); this script measures that choice.
 
 This script runs, in each repeat (its own seed; each search in a fresh process, as `voxtune tune`
 runs; the order rotated by one each repeat), on the bench's 20-case 32^3 set, 4 trials x 2 epochs
 (lr {1e-3, 5e-3} x norm {bn, gn}), 2 workers, batch 4, experiment, data (global-batch) and auto mode, each with Ray's
-prestart off (voxtune's local Ray) and on (Ray's default: this script sets Ray's system config
-prestart_worker_first_driver back to true in that search's process), and prints per search: the start-up (Ray up to the first
+prestart on (Ray's default) and off (RAY_prestart_worker_first_driver=0 in the search's process,
+which the Ray processes it starts inherit), and prints per search: the start-up (Ray up to the first
 epoch, summary.json `startup_s`), how far apart the first two trials started (trial.json `start_ts`),
 the time ray.init took, and the whole command's time; medians over the repeats with [min-max].
 ~2 minutes a repeat on 2 cores.
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 SPACE = {"lr": {"grid": [0.001, 0.005]}, "norm": {"grid": ["bn", "gn"]}}
-VARIANTS = ["experiment", "experiment, prestart", "data", "data, prestart", "auto", "auto, prestart"]
+VARIANTS = ["experiment", "experiment, no prestart", "data", "data, no prestart", "auto", "auto, no prestart"]
 
 
 def run_one(work: Path, variant: str, seed: int, tag: str) -> None:
@@ -37,16 +37,6 @@ def run_one(work: Path, variant: str, seed: int, tag: str) -> None:
     from voxtune.parallel.settings import SearchSettings
     from voxtune.parallel.tune import run_search
 
-    if variant.endswith(", prestart"):  # Ray's default, which voxtune's init_ray turns off
-        import ray
-
-        ray_init = ray.init
-
-        def init_with_prestart(**kwargs):
-            kwargs["_system_config"] = {**kwargs.get("_system_config", {}), "prestart_worker_first_driver": True}
-            return ray_init(**kwargs)
-
-        ray.init = init_with_prestart
     mode = variant.split(",")[0]
     settings = SearchSettings(cache_dir=str(work / "cache"), mode=mode, space=SPACE, workers=2,
                               base_config={"epochs": 2, "batch_size": 4, "seed": seed},
@@ -86,9 +76,10 @@ def main() -> None:
     for rep in range(1, args.repeats + 1):
         shift = (rep - 1) % len(VARIANTS)
         for n, variant in enumerate(VARIANTS[shift:] + VARIANTS[:shift]):
+            env = {**os.environ, **({"RAY_prestart_worker_first_driver": "0"} if "no prestart" in variant else {})}
             out = subprocess.run([sys.executable, __file__, "--work", str(work), "--variant", variant,
                                   "--seed", str(rep), "--tag", f"r{rep}-{n}"],
-                                 capture_output=True, text=True, check=True).stdout
+                                 capture_output=True, text=True, check=True, env=env).stdout
             r = json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
             for key in ("startup_s", "first_two_apart_s", "ray_init_s", "command_s"):
                 results[variant].setdefault(key, []).append(r[key])
