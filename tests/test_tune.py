@@ -380,36 +380,3 @@ def test_a_search_saved_before_recipes_resumes_as_it_was_trained(tmp_path):
     (run / "search.json").write_text(json.dumps(old))
     resumed = _search_settings(run, None, resume=True)
     assert resumed.ddp_recipe == "per-rank" and resumed.trial_config().batch_size == 2
-
-
-def _idle_ray_workers() -> set[int]:
-    """The pids of every Ray worker process that waits for work ('ray::IDLE')."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::IDLE"):
-                found.add(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
-@pytest.mark.slow
-def test_a_local_ray_starts_no_worker_processes_that_no_trial_can_take(monkeypatch):
-    """Ray's default starts one idle worker per CPU as the driver connects; Tune's trial actors never take
-    them (their runtime env is Tune's own), so voxtune's local instance starts none."""
-    import ray
-
-    from voxtune.parallel.cluster import init_ray
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    before = _idle_ray_workers()
-    init_ray(None, 1, 0)
-    try:
-        deadline, started = time.time() + 4, set()
-        while time.time() < deadline and not started:
-            started = _idle_ray_workers() - before
-            time.sleep(0.2)
-        assert not started
-    finally:
-        ray.shutdown()

@@ -52,13 +52,8 @@ def init_ray(address: str | None, cpus_needed: float, gpus_needed: float) -> tup
         kwargs["address"] = address
     else:
         # A saturated laptop CPU can starve the raylet's heartbeats; give it a minute, not 15 s.
-        # No worker processes started ahead of time (Ray's default: one per CPU as the driver connects):
-        # Tune's trial actors cannot take them (Tune gives its trainable a runtime env of its own, and a
-        # worker serves one env), so they only load Python and Ray beside Ray's own start and are ended
-        # (benchmarks/prestart.py: ray.init 0.2-0.5 s faster without them, start-up no slower).
         kwargs.update(address="local", include_dashboard=False,
-                      _system_config={"health_check_failure_threshold": 20, "health_check_timeout_ms": 10000,
-                                      "prestart_worker_first_driver": False})
+                      _system_config={"health_check_failure_threshold": 20, "health_check_timeout_ms": 10000})
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
