@@ -380,3 +380,13 @@ def test_a_search_saved_before_recipes_resumes_as_it_was_trained(tmp_path):
     (run / "search.json").write_text(json.dumps(old))
     resumed = _search_settings(run, None, resume=True)
     assert resumed.ddp_recipe == "per-rank" and resumed.trial_config().batch_size == 2
+
+
+def test_a_trial_process_counts_torch_dynamo_among_its_imports_not_its_model_build():
+    """torch.optim's first Optimizer imports torch._dynamo (~1 s); the start-up breakdown is honest only if
+    the trial's import step has paid it before the model's build is timed. A fresh interpreter: this one
+    may have imported it already."""
+    probe = ("import sys; from voxtune.parallel.ddp import import_loop; import_loop(); "
+             "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

@@ -115,7 +115,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if summary.get("startup_breakdown"):
         b = summary["startup_breakdown"]
         print(f"start-up {b['startup_s']:.1f}s from Ray up to the first epoch: Tune and the trial's process "
-              f"{b['tune_s']:.1f}s, torch and MONAI imports {b['imports_s']:.1f}s, model, data and checkpoint "
+              f"{b['tune_s']:.1f}s, imports (torch, MONAI, torch._dynamo) {b['imports_s']:.1f}s, model, data and checkpoint "
               f"{b['build_s']:.1f}s, the rest {b['other_s']:.1f}s")
     run = RunDir(args.out)
     print(f"outputs: {run.leaderboard}  {run.best.name}  {run.summary.name}  {run.trials_dir.name}/<trial_id>/")

@@ -54,10 +54,13 @@ def master_store(host: str, world: int):
 
 
 def import_loop() -> float:
-    """Import the training loop (torch and MONAI: most of a new process's start-up); returns the seconds
-    it took (0 when this process has it already)."""
+    """Import the training loop (torch and MONAI: most of a new process's start-up) and torch._dynamo,
+    which torch.optim's Optimizer imports at its first construction (torch/_compile.py, ~1 s on a CPU
+    core: benchmarks/startup_parts.py); paid here, a start-up's breakdown counts it as the import it is,
+    not as the model's build. Returns the seconds it took (0 when this process has them already)."""
     t0 = time.perf_counter()
     import voxtune.train.loop  # noqa: F401
+    import torch._dynamo  # noqa: F401
 
     return time.perf_counter() - t0
 

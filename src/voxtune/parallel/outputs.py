@@ -59,7 +59,7 @@ def first_epoch_start(run_dir: Path, rows: list[dict[str, Any]], since: float) -
 def startup_breakdown(run_dir: Path, rows: list[dict[str, Any]], since: float) -> dict[str, float] | None:
     """Where a search's start-up went (`since`, Ray up, to the first epoch of any trial), from that
     trial's files: tune_s until its trial function started (Tune, Ray's worker process, the trainable's
-    module), imports_s (torch and MONAI in that process), build_s (model, data and checkpoint:
+    module), imports_s (torch, MONAI and torch._dynamo in that process), build_s (model, data and checkpoint:
     voxtune.train.loop's Training), other_s the rest (a DDP group's rendezvous, trial.json writes)."""
     first = None
     for row in rows:
