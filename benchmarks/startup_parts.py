@@ -7,7 +7,7 @@ it but what the rows above it imported), alone on the machine:
 
     ray and ray.tune            what Tune's trial actor loads before the trial function runs
     torch
-    scipy.signal, matplotlib.pyplot, pandas (those installed)
+    scipy.signal, matplotlib.pyplot, pandas
                                 optional packages MONAI imports at `import monai` when they are installed
                                 (monai/__init__.py loads every submodule; monai.data.ultrasound_confidence_map
                                 takes scipy.signal's hilbert, monai.utils.jupyter_utils matplotlib.pyplot,
@@ -39,9 +39,8 @@ def imp(*names):
     return lambda: [__import__(n) for n in names]
 part("ray and ray.tune", imp("ray", "ray.tune"))
 part("torch", imp("torch"))
-import importlib.util
-optional = [n for n in ("scipy.signal", "matplotlib.pyplot", "pandas") if importlib.util.find_spec(n.split(".")[0])]
-part(f"{', '.join(optional) or 'none'} (MONAI's optional imports installed here)", imp(*optional))
+part("scipy.signal, matplotlib.pyplot, pandas (MONAI's optional imports)",
+     imp("scipy.signal", "matplotlib.pyplot", "pandas"))
 part("monai (the rest)", imp("monai"))
 part("voxtune.train.loop (the rest)", imp("voxtune.train.loop"))
 import torch
