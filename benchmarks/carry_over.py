@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_set import make_bench_set, span
+
 SPACE = {"lr": {"grid": [0.001, 0.005]}, "norm": {"grid": ["bn", "gn"]}}
 SEQUENCES = [  # (label of the context, modes run one after another in one process)
     ("one process", ("data", "auto")),
@@ -70,10 +72,6 @@ def run_sequence(work: Path, modes: list[str], seed: int, tag: str) -> None:
               flush=True)
 
 
-def _row(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="carry-over")
@@ -85,12 +83,7 @@ def main() -> None:
     work = Path(args.work)
     if args.sequence:
         return run_sequence(work, args.sequence, args.seed, args.tag)
-    voxtune = [sys.executable, "-m", "voxtune.cli"]
-    if not (work / "cache").exists():
-        subprocess.run([*voxtune, "synth", "--out", str(work / "Task01_BrainTumour"), "--cases", "20", "--shape",
-                        "32", "32", "32", "--seed", "0"], check=True)
-        subprocess.run([*voxtune, "prepare", "--source", str(work / "Task01_BrainTumour"), "--out",
-                        str(work / "cache"), "--split", "0.5", "0.3", "0.2"], check=True)
+    make_bench_set(work)
     results: dict[tuple[str, str, str | None], list[float]] = {}
     alive = []
     for rep in range(1, args.repeats + 1):
@@ -112,7 +105,7 @@ def main() -> None:
     print(f"\n| search | after | context | training s per epoch, median of {args.repeats} [min-max] |")
     print("|---|---|---|---:|")
     for (context, mode, after), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2] or "", kv[0][0])):
-        print(f"| {mode} | {after or 'nothing'} | {context} | {_row(values)} |")
+        print(f"| {mode} | {after or 'nothing'} | {context} | {span(values, 3)} |")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_set import make_bench_set, span
 
 SPACE = {"lr": {"grid": [0.001, 0.005]}, "norm": {"grid": ["bn", "gn"]}}
 VARIANTS = ["experiment", "experiment, no prestart", "data", "data, no prestart", "auto", "auto, no prestart"]
@@ -51,10 +52,6 @@ def run_one(work: Path, variant: str, seed: int, tag: str) -> None:
           flush=True)
 
 
-def _row(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="prestart")
@@ -66,12 +63,7 @@ def main() -> None:
     work = Path(args.work)
     if args.variant:
         return run_one(work, args.variant, args.seed, args.tag)
-    voxtune = [sys.executable, "-m", "voxtune.cli"]
-    if not (work / "cache").exists():
-        subprocess.run([*voxtune, "synth", "--out", str(work / "Task01_BrainTumour"), "--cases", "20", "--shape",
-                        "32", "32", "32", "--seed", "0"], check=True)
-        subprocess.run([*voxtune, "prepare", "--source", str(work / "Task01_BrainTumour"), "--out",
-                        str(work / "cache"), "--split", "0.5", "0.3", "0.2"], check=True)
+    make_bench_set(work)
     results: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
     for rep in range(1, args.repeats + 1):
         shift = (rep - 1) % len(VARIANTS)
@@ -89,8 +81,8 @@ def main() -> None:
           "| command s |")
     print("|---|---:|---:|---:|---:|")
     for variant, got in results.items():
-        print(f"| {variant} | {_row(got['startup_s'])} | {_row(got['first_two_apart_s'])} | {_row(got['ray_init_s'])} "
-              f"| {_row(got['command_s'])} |")
+        print(f"| {variant} | {span(got['startup_s'], 2)} | {span(got['first_two_apart_s'], 2)} | {span(got['ray_init_s'], 2)} "
+              f"| {span(got['command_s'], 2)} |")
 
 
 if __name__ == "__main__":
