@@ -1,10 +1,11 @@
-"""Synthetic brain-tumour phantoms written in the exact MSD Task01_BrainTumour layout.
+"""Synthetic phantoms written in the exact layout of an MSD task: brain tumour here, three more in `phantoms`.
 
-Lets every command, test and benchmark run without the 7 GB download. Each case is a head
-ellipsoid (scalp shell + brain with smooth texture and noise, background exactly 0) holding one
-tumour: edema (label 1) around an enhancing ring (label 3) around a non-enhancing core (label 2).
-Sub-regions differ per modality the way they do in BraTS: FLAIR and T2w show bright edema, T1w a
-dark core, t1gd a bright enhancing ring. Same seed -> byte-identical arrays.
+Lets every command, test and benchmark run without the 7 GB download. `make_dataset(task=...)` writes
+one of TASKS; "brats" (Task01_BrainTumour) is made here: each case is a head ellipsoid (scalp shell +
+brain with smooth texture and noise, background exactly 0) holding one tumour: edema (label 1) around an
+enhancing ring (label 3) around a non-enhancing core (label 2). Sub-regions differ per modality the way
+they do in BraTS: FLAIR and T2w show bright edema, T1w a dark core, t1gd a bright enhancing ring. Same
+seed -> byte-identical arrays.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxtune.data.phantoms import HIPPOCAMPUS, PROSTATE, SPLEEN_CT, MsdTask
 from voxtune.data.shape import check_shape
 from voxtune.errors import VoxtuneError
 
@@ -100,6 +102,28 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np
     return image, label
 
 
+def _brats_case(rng: np.random.Generator, shape: tuple[int, int, int]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`make_case` plus its affine: 1 mm isotropic with a non-zero origin, the same for every case."""
+    image, label = make_case(rng, shape)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-(shape[0] // 2) - 0.5, -(shape[1] // 2) + 17.0, -(shape[2] // 2) - 12.0]
+    return image, label, affine
+
+
+BRATS = MsdTask("BRATS", "Task01_BrainTumour", "4D", MODALITIES, LABELS, (48, 48, 48), "BRATS_{n:03d}.nii.gz", 1,
+                _brats_case)
+_KINDS = {"brats": BRATS, "spleen-ct": SPLEEN_CT, "hippocampus": HIPPOCAMPUS, "prostate": PROSTATE}
+TASKS = tuple(_KINDS)
+
+
+def msd_task(task: str) -> MsdTask:
+    """The synthetic task named `task` (one of TASKS); anything else -> VoxtuneError naming the valid ones."""
+    if task not in _KINDS:
+        raise VoxtuneError(f"--task {task!r}: no such synthetic task; choose one of {', '.join(TASKS)}")
+    return _KINDS[task]
+
+
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     import nibabel as nib
 
@@ -108,16 +132,20 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     (path.parent / f"._{path.name}").write_bytes(_APPLEDOUBLE)
 
 
-def make_dataset(out: str | Path, cases: int = 12, shape: tuple[int, int, int] | None = (48, 48, 48),
-                 seed: int = 0, test_cases: int = 2) -> Path:
-    """Write `cases` labelled and `test_cases` unlabelled phantoms as an MSD Task01 folder; return it.
+def make_dataset(out: str | Path, cases: int = 12, shape: tuple[int, int, int] | None = None,
+                 seed: int = 0, test_cases: int = 2, task: str = "brats") -> Path:
+    """Write `cases` labelled and `test_cases` unlabelled phantoms of `task` as an MSD task folder; return it.
 
-    Images are 4D float32 [X, Y, Z, 4] NIfTI, labels 3D uint8 [X, Y, Z] in {0, 1, 2, 3}; the affine is
-    1 mm isotropic with a non-zero origin. Case `i` uses its own generator seeded from (seed, i).
+    `shape` is the base shape (X, Y, Z); None -> the task's default (brats 48^3, spleen-ct 48x48x32,
+    hippocampus 32x40x32, prostate 64x64x16). brats cases all have exactly that shape and a 1 mm affine;
+    the other tasks vary each case's matrix (0.85-1.15x per axis) and spacing (see `phantoms`). Images are
+    NIfTI [X, Y, Z] for one modality, [X, Y, Z, C] for several (brats float32 [X, Y, Z, 4]); labels uint8
+    [X, Y, Z]. Case `i` uses its own generator seeded from (seed, i); test cases continue the numbering.
     """
     from tqdm import tqdm
 
-    shape = check_shape(shape) or (48, 48, 48)
+    kind = msd_task(task)
+    shape = check_shape(shape) or kind.shape
     if cases < 1:
         raise VoxtuneError(f"--cases {cases}: need at least 1 labelled case")
     if test_cases < 0:
@@ -129,12 +157,10 @@ def make_dataset(out: str | Path, cases: int = 12, shape: tuple[int, int, int] |
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = [-(shape[0] // 2) - 0.5, -(shape[1] // 2) + 17.0, -(shape[2] // 2) - 12.0]
     training, test = [], []
     for i in tqdm(range(cases + test_cases), desc="synth", unit="case", disable=None):
-        name = f"BRATS_{i + 1:03d}.nii.gz"
-        image, label = make_case(np.random.default_rng([seed, i]), shape)
+        name = kind.case_file(i)
+        image, label, affine = kind.make_case(np.random.default_rng([seed, i]), shape)
         if i < cases:
             _write_nifti(image, affine, root / "imagesTr" / name)
             _write_nifti(label, affine, root / "labelsTr" / name)
@@ -144,14 +170,14 @@ def make_dataset(out: str | Path, cases: int = 12, shape: tuple[int, int, int] |
             test.append(f"./imagesTs/{name}")
 
     meta = {
-        "name": "BRATS",
-        "description": "Synthetic phantoms in the layout of MSD Task01_BrainTumour (voxtune synth)",
+        "name": kind.name,
+        "description": f"Synthetic phantoms in the layout of MSD {kind.folder} (voxtune synth)",
         "reference": "voxtune synthetic data; layout of http://medicaldecathlon.com",
         "licence": "CC-BY-SA 4.0",
         "release": "synthetic 1.0",
-        "tensorImageSize": "4D",
-        "modality": MODALITIES,
-        "labels": LABELS,
+        "tensorImageSize": kind.tensor_size,
+        "modality": kind.modality,
+        "labels": kind.labels,
         "numTraining": len(training),
         "numTest": len(test),
         "training": training,
