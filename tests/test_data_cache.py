@@ -13,7 +13,7 @@ def test_public_api(cache_dir):
     image, label = voxtune.data.load_case(cache_dir, "BRATS_001")
     assert image.dtype == np.float32 and image.shape == (4, 24, 24, 21)
     assert label.dtype == np.uint8 and label.shape == (1, 24, 24, 21)
-    assert CACHE_VERSION == 2
+    assert CACHE_VERSION == 3
 
 
 def test_case_ids_and_regions(cache_dir, regions_cache_dir):
@@ -73,7 +73,7 @@ def test_cropped_float16_storage_rebuilds_the_frame(cache_dir, msd_dir):
     whole preprocessed frame: exactly the preprocessed volume, rounded to float16."""
     import nibabel as nib
 
-    from voxtune.data.prepare import preprocess
+    from voxtune.data.preprocess import preprocess
 
     manifest = read_manifest(cache_dir)
     assert manifest["image_dtype"] == "float16"
@@ -83,7 +83,7 @@ def test_cropped_float16_storage_rebuilds_the_frame(cache_dir, msd_dir):
     assert stored.size < np.prod(entry["image_shape"])  # the phantom's head does not fill its frame
     raw_image = np.asarray(nib.load(str(msd_dir / "imagesTr" / "BRATS_001.nii.gz")).dataobj, dtype=np.float32)
     raw_label = np.asarray(nib.load(str(msd_dir / "labelsTr" / "BRATS_001.nii.gz")).dataobj, dtype=np.uint8)
-    want_image, want_label, _ = preprocess(raw_image, raw_label)
+    want_image, want_label, _ = preprocess(raw_image, raw_label, (1.0, 1.0, 1.0), manifest)
     image, label = load_case(cache_dir, "BRATS_001", manifest=manifest)
     assert np.array_equal(image, want_image.astype(np.float16).astype(np.float32))
     assert np.array_equal(label, want_label)

@@ -56,3 +56,34 @@ def test_bad_dataset_json_exit_2(msd_copy, tmp_path, capsys):
 def test_rerun_other_settings_exit_2(msd_dir, cache_copy, capsys):
     assert main(["prepare", "--source", str(msd_dir), "--out", str(cache_copy), "--labels", "regions"]) == 2
     assert "choose another --out" in _one_line_error(capsys).lower()
+
+
+def test_own_data_prints_the_plan_and_names_each_bad_case(tmp_path, capsys):
+    """A prostate task (two modalities) with three broken cases: one line each naming the case and what is
+    wrong; the other cases prepared, the plan printed before them."""
+    import nibabel as nib
+    import numpy as np
+
+    msd = tmp_path / "Task05_Prostate"
+    assert main(["synth", "--task", "prostate", "--out", str(msd), "--cases", "6", "--test-cases", "0",
+                 "--shape", "24", "24", "8"]) == 0
+    image = nib.load(str(msd / "imagesTr" / "prostate_00.nii.gz"))  # one channel where dataset.json lists two
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[..., 0], image.affine), str(msd / "imagesTr" / "prostate_00.nii.gz"))
+    label = nib.load(str(msd / "labelsTr" / "prostate_01.nii.gz"))  # a value dataset.json does not list
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 5
+    nib.save(nib.Nifti1Image(values, label.affine), str(msd / "labelsTr" / "prostate_01.nii.gz"))
+    label = nib.load(str(msd / "labelsTr" / "prostate_02.nii.gz"))  # the label off the image's grid
+    shifted = label.affine.copy()
+    shifted[2, 3] += 4.0
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), shifted), str(msd / "labelsTr" / "prostate_02.nii.gz"))
+    capsys.readouterr()
+    assert main(["prepare", "--source", str(msd), "--out", str(tmp_path / "c")]) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in err
+    assert any(line.startswith("case prostate_00: ") and "one channel, where dataset.json's \"modality\" lists 2" in line for line in lines)
+    assert any(line.startswith("case prostate_01: ") and "values [5]" in line for line in lines)
+    assert any(line.startswith("case prostate_02: ") and "different affines" in line for line in lines)
+    assert "plan (auto)" in out and "anisotropic" in out and "labels     classes: pz (1), tz (2)" in out
+    assert "prepared 3 cases" in out and "3 failed" in out

@@ -88,9 +88,44 @@ def _entry(n=1):
 
 
 def test_load_case(msd_dir):
-    image, label = load_case(read_task(msd_dir), _entry())
+    image, label, spacing = load_case(read_task(msd_dir), _entry())
     assert image.shape == (24, 24, 24, 4) and image.dtype == np.float32
     assert label.shape == (24, 24, 24) and label.dtype == np.uint8
+    assert spacing == (1.0, 1.0, 1.0)
+
+
+def _resave(path, affine):
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), str(path))
+
+
+def test_image_and_label_on_different_grids(msd_copy):
+    path = msd_copy / "labelsTr" / "BRATS_001.nii.gz"
+    shifted = nib.load(str(path)).affine.copy()
+    shifted[0, 3] += 2.0  # the label two millimetres off the image
+    _resave(path, shifted)
+    with pytest.raises(CaseError, match="different affines") as info:
+        load_case(read_task(msd_copy), _entry())
+    assert info.value.case_id == "BRATS_001"
+
+
+def _set_srow_y(path, value):
+    """Write `value` as the sform's Y scale (srow_y[1]: bytes 300-304 of a NIfTI-1 header, float32), as
+    a broken exporter would: nibabel itself refuses to save such an affine."""
+    import gzip
+    import struct
+
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[300:304] = struct.pack("<f", value)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan")])
+def test_zero_or_nan_spacing(msd_copy, value):
+    _set_srow_y(msd_copy / "imagesTr" / "BRATS_001.nii.gz", value)
+    _set_srow_y(msd_copy / "labelsTr" / "BRATS_001.nii.gz", value)
+    with pytest.raises(CaseError, match="voxel spacing .* must be a positive number"):
+        load_case(read_task(msd_copy), _entry())
 
 
 def test_missing_file(msd_copy):
@@ -115,7 +150,8 @@ def test_not_gzip(msd_copy):
 
 
 def _save(path, array):
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    """Replace the file's voxels, keeping its affine (so the image and label stay on one grid)."""
+    nib.save(nib.Nifti1Image(array, nib.load(str(path)).affine), str(path))
 
 
 def test_shape_mismatch(msd_copy):
@@ -140,5 +176,5 @@ def test_over_voxel_cap(msd_dir):
 
 def test_unknown_label_values(msd_copy):
     _save(msd_copy / "labelsTr" / "BRATS_001.nii.gz", np.full((24, 24, 24), 7, np.uint8))
-    with pytest.raises(CaseError, match=r"values \[7\]"):
+    with pytest.raises(CaseError, match=r"values \[7\], which dataset.json's \"labels\" does not list"):
         load_case(read_task(msd_copy), _entry())

@@ -6,18 +6,22 @@ import numpy as np
 import pytest
 
 from voxtune.data.cache import load_case, read_manifest
-from voxtune.data.prepare import assign_splits, prepare, preprocess
+from voxtune.data.plan import brats_settings
+from voxtune.data.prepare import assign_splits, prepare
+from voxtune.data.preprocess import preprocess
 from voxtune.data.synthetic import make_dataset
 from voxtune.errors import VoxtuneError
 
-CASE_KEYS = {"id", "split", "image_shape", "label_shape", "source_shape", "bbox", "background", "files", "bytes",
-             "sha256", "probe"}
+CASE_KEYS = {"id", "split", "image_shape", "label_shape", "source_shape", "source_spacing", "spacing", "bbox",
+             "background", "files", "bytes", "sha256", "probe"}
 
 
 def test_manifest(cache_dir, msd_dir):
     m = read_manifest(cache_dir)
-    assert m["version"] == 2 and m["labels"] == "binary" and m["regions"] == ["whole_tumour"]
-    assert m["image_dtype"] == "float16" and m["normalise"] == "brain"
+    assert m["version"] == 3 and m["labels"] == "binary" and m["regions"] == ["whole_tumour"]
+    assert m["preset"] == "brats" and m["label_values"] == [1] and m["spacing"] is None
+    assert m["image_dtype"] == "float16" and m["normalise"] == [{"scheme": "brain"}] * 4
+    assert m["plan"]["patch_size"] is None  # BraTS trains on whole volumes, as the paper
     assert m["modalities"] == ["FLAIR", "T1w", "t1gd", "T2w"]
     assert m["shape"] is None and m["crop_z"] == [2, 1] and m["seed"] == 0
     assert m["split_fractions"] == [0.7, 0.15, 0.15] and m["source"] == str(msd_dir.resolve())
@@ -26,6 +30,7 @@ def test_manifest(cache_dir, msd_dir):
         assert set(case) == CASE_KEYS
         assert case["image_shape"] == [4, 24, 24, 21] and case["label_shape"] == [1, 24, 24, 21]
         assert case["source_shape"] == [24, 24, 24]
+        assert case["source_spacing"] == case["spacing"] == [1.0, 1.0, 1.0]
         assert set(case["files"]) == {"image", "label", "foreground"}
         for kind, rel in case["files"].items():
             assert (cache_dir / rel).stat().st_size == case["bytes"][kind]
@@ -102,7 +107,7 @@ def test_preprocess_direct():
     image[2:6, 2:6, :, :] = np.arange(4 * 4 * 10 * 2).reshape(4, 4, 10, 2) + 5
     label = np.zeros((8, 8, 10), np.uint8)
     label[3, 3, 3] = 3
-    img, lab, background = preprocess(image, label, labels="regions")
+    img, lab, background = preprocess(image, label, (1.0, 1.0, 1.0), brats_settings(2, labels="regions"))
     assert background == [0.0, 0.0] and (img[:, 0, 0, 0] == 0).all()
     assert img.shape == (2, 8, 8, 7) and lab.shape == (3, 8, 8, 7)
     assert lab[:, 3, 3, 1].tolist() == [1, 1, 1]
@@ -204,6 +209,8 @@ def test_parallel_workers_same_result(cache_dir, msd_dir, tmp_path):
     assert result.ok and len(result.prepared) == 8
     sha = lambda d: {c["id"]: c["sha256"] for c in read_manifest(d)["cases"]}
     assert sha(tmp_path / "p") == sha(cache_dir)
+    # the fingerprint too: draws are seeded by case, pooled in case order, whichever process read them
+    assert read_manifest(tmp_path / "p")["fingerprint"]["intensity"] == read_manifest(cache_dir)["fingerprint"]["intensity"]
 
 
 def test_volume_normalisation_is_the_papers(msd_dir, tmp_path):
@@ -211,7 +218,7 @@ def test_volume_normalisation_is_the_papers(msd_dir, tmp_path):
     per-image standardisation); the cropped cache still rebuilds the whole frame exactly."""
     assert prepare(msd_dir, tmp_path / "v", normalise="volume").ok
     manifest = read_manifest(tmp_path / "v")
-    assert manifest["normalise"] == "volume"
+    assert manifest["normalise"] == [{"scheme": "volume"}] * 4
     image, _ = load_case(tmp_path / "v", "BRATS_002")
     raw = np.moveaxis(np.asarray(nib.load(str(msd_dir / "imagesTr" / "BRATS_002.nii.gz")).dataobj), -1, 0)[..., 2:-1]
     entry = next(c for c in manifest["cases"] if c["id"] == "BRATS_002")

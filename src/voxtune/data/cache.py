@@ -2,17 +2,22 @@
 
 Layout (paths in the manifest are relative to the cache folder):
 
-    CACHE/manifest.json
-    CACHE/cases/BRATS_001.image.npy       float16 (or float32) [C, x, y, z], z-scored, background 0
-    CACHE/cases/BRATS_001.label.npy       uint8 [R, x, y, z], R = 1 (whole tumour) or 3 (WT, TC, ET)
-    CACHE/cases/BRATS_001.foreground.npy  int32 [N, 3]: up to 10k tumour voxels, frame coordinates
+    CACHE/manifest.json                   settings, fingerprint, plan, one entry per case
+    CACHE/cases/BRATS_001.image.npy       float16 (or float32) [C, x, y, z], normalised
+    CACHE/cases/BRATS_001.label.npy       uint8 [R, x, y, z]: one 0/1 channel per label channel
+    CACHE/cases/BRATS_001.foreground.npy  int32 [N, 3]: up to 10k foreground voxels, frame coordinates
     CACHE/cases/BRATS_001.json            per-case sidecar (the case's manifest entry), written last
 
-A case's *frame* is its preprocessed volume [C, X, Y, Z] (`image_shape`); only the box `bbox`
-(per axis [start, stop)) around its brain and tumour voxels is stored, as nnU-Net crops to the
-brain: outside it the label is 0 and each image channel holds its `background` value (0, or the
-z-scored 0 when prepare normalised over the whole volume), so `read_window` rebuilds any part of
-the frame exactly. With float16 a full-size BraTS case takes ~79 MB instead of 149 MB
+Label channels (`regions` in the manifest, `label_values` the source value of each): BraTS's whole
+tumour (binary) or nested WT/TC/ET (regions), or one exclusive channel per class of dataset.json
+(classes: a voxel is in at most one; background where none is set; the network takes a softmax over
+background + the R classes).
+
+A case's *frame* is its preprocessed volume [C, X, Y, Z] (`image_shape`, voxel size `spacing` in mm);
+only the box `bbox` (per axis [start, stop)) around its non-background and labelled voxels is stored,
+as nnU-Net crops to the non-zero region: outside it the label is 0 and each image channel holds its
+`background` value (0 for a masked z-score, the normalised 0 of a whole-volume z-score, the normalised
+lower clip of CT), so `read_window` rebuilds any part of the frame exactly. With float16 a full-size BraTS case takes ~79 MB instead of 149 MB
 (benchmarks/cache_format.md).
 
 Reads go through memory maps opened per read and closed after it: a window costs the pages it
@@ -34,16 +39,11 @@ import numpy as np
 
 from voxtune.errors import VoxtuneError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: fingerprint, plan, classes, spacing (voxtune.data.plan)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 KINDS = ("image", "label", "foreground")
 IMAGE_DTYPES = ("float16", "float32")
-REGIONS = {"binary": ["whole_tumour"],
-           "regions": ["whole_tumour", "tumour_core", "enhancing_tumour"]}
-# The lowest MSD Task01 label of each nested BraTS region: a voxel is in the region when its label is
-# at least this (WT {1, 2, 3}, TC {2, 3}, ET {3}); predict paints regions back with these values.
-REGION_LABEL = {"whole_tumour": 1, "tumour_core": 2, "enhancing_tumour": 3}
 _REDO = "re-run `voxtune prepare`"
 _EDGE, _BLOCK, _INNER = 1 << 16, 1 << 12, 8  # probe: head and tail bytes, inner block size and count
 
@@ -135,8 +135,15 @@ def train_val_ids(manifest: dict, folds: int = 1, fold: int | None = None) -> tu
 
 
 def region_names(manifest: dict) -> list[str]:
-    """Label channel names, e.g. ["whole_tumour"] or ["whole_tumour", "tumour_core", "enhancing_tumour"]."""
+    """Label channel names, e.g. ["whole_tumour"], ["whole_tumour", "tumour_core", "enhancing_tumour"] or
+    a dataset's classes, ["anterior", "posterior"]."""
     return list(manifest["regions"])
+
+
+def exclusive(manifest_or_prep: dict) -> bool:
+    """The label channels are a dataset's classes, one per voxel at most (softmax), not BraTS's
+    overlapping regions (a sigmoid each). Takes a manifest or a checkpoint's prepare settings."""
+    return manifest_or_prep.get("labels") == "classes"
 
 
 def _file(cache_dir: str | Path, entry: dict, kind: str) -> Path:

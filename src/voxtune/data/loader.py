@@ -24,12 +24,21 @@ from voxtune.errors import VoxtuneError
 FOREGROUND_FRACTION = 1 / 3  # nnU-Net: a third of patches centred on a foreground voxel
 
 
-def divisible(shape: Sequence[int], divisor: int) -> list[int]:
-    """Each size rounded up to a multiple of `divisor` (a U-Net of depth d needs 2**d)."""
-    return [-(-int(n) // divisor) * divisor for n in shape]
+def per_axis(divisor: int | Sequence[int]) -> tuple[int, int, int]:
+    """A network's divisor as (x, y, z): one int (every axis alike) or one per axis."""
+    d = (int(divisor),) * 3 if isinstance(divisor, (int, np.integer)) else tuple(int(v) for v in divisor)
+    if len(d) != 3 or min(d) < 1:
+        raise VoxtuneError(f"divisor {divisor}: must be >= 1 (one, or one per axis)")
+    return d
 
 
-def pad_to_divisor(array: np.ndarray, divisor: int) -> np.ndarray:
+def divisible(shape: Sequence[int], divisor: int | Sequence[int]) -> list[int]:
+    """Each size rounded up to a multiple of `divisor` (one, or one per axis: a U-Net of depth d pooling
+    by 2 on an axis at every level needs 2**d there)."""
+    return [-(-int(n) // d) * d for n, d in zip(shape, per_axis(divisor))]
+
+
+def pad_to_divisor(array: np.ndarray, divisor: int | Sequence[int]) -> np.ndarray:
     """Zero-pad the last three axes of [C, X, Y, Z] at the end to multiples of `divisor`, as
     CaseDataset pads whole volumes (predict pads its input the same way)."""
     extra = [t - n for t, n in zip(divisible(array.shape[-3:], divisor), array.shape[-3:])]
@@ -40,15 +49,15 @@ class CaseDataset(Dataset):
     """Cases of a prepared cache as (image [C, X, Y, Z], label uint8 [R, X, Y, Z]) tensors, the image in
     the cache's dtype (float16 by default: half the bytes to move; convert on the device).
 
-    patch_size None: whole volumes, zero-padded at the end of each spatial axis to a multiple of
-    `divisor`. patch_size (x, y, z): one random window per sample, a third of them centred on a
+    patch_size None: whole volumes, padded at the end of each spatial axis to a multiple of `divisor`
+    (with `common`, all to the largest case's size: cases that differ in size then batch). patch_size (x, y, z): one random window per sample, a third of them centred on a
     foreground voxel, zero-padded where the volume is smaller. augment: random flips of the three
     spatial axes. check: size-and-probe check every case's files now (voxtune.data.cache.check_case),
     so a damaged or swapped file is refused before training, in milliseconds per case.
     """
 
     def __init__(self, cache_dir: str | Path, case_ids: list[str], patch_size=None, augment: bool = False,
-                 seed: int = 0, divisor: int = 1, check: bool = True):
+                 seed: int = 0, divisor: int | Sequence[int] = 1, check: bool = True, common: bool = False):
         self.cache_dir = Path(cache_dir)
         manifest = read_manifest(cache_dir)
         self.image_dtype = manifest["image_dtype"]
@@ -58,12 +67,12 @@ class CaseDataset(Dataset):
             patch_size = tuple(int(p) for p in patch_size)
             if len(patch_size) != 3 or min(patch_size) < 1:
                 raise VoxtuneError(f"patch_size {patch_size}: need three positive sizes or null")
-        if int(divisor) < 1:
-            raise VoxtuneError(f"divisor {divisor}: must be >= 1")
         self.patch_size = patch_size
         self.augment = augment
         self.seed = int(seed)
-        self.divisor = int(divisor)
+        self.divisor = per_axis(divisor)
+        self.common = divisible(np.max([e["image_shape"][1:] for e in self.entries], axis=0), self.divisor) \
+            if common and self.entries else None
         self.epoch = 0
         if check:
             for entry in {e["id"]: e for e in self.entries}.values():
@@ -92,7 +101,7 @@ class CaseDataset(Dataset):
         if self.patch_size is not None:
             start, size = self._patch_start(entry, rng), self.patch_size
         else:
-            start, size = (0, 0, 0), divisible(entry["image_shape"][1:], self.divisor)
+            start, size = (0, 0, 0), self.common or divisible(entry["image_shape"][1:], self.divisor)
         flip = tuple(bool(rng.random() < 0.5) for _ in range(3)) if self.augment else (False, False, False)
         image, label = read_window(self.cache_dir, entry, self.image_dtype, start, size, flip)
         return torch.from_numpy(image), torch.from_numpy(label)

@@ -18,6 +18,7 @@ import numpy as np
 from voxtune.errors import VoxtuneError
 
 DATASET_JSON = "dataset.json"
+AFFINE_TOLERANCE_MM = 1e-3  # image and label affines may differ by rounding, not by a voxel
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -156,11 +157,14 @@ def image_shape(img, channels: int, what: str) -> tuple[int, int, int, int]:
     shape = tuple(img.shape)
     if len(shape) == 3 and channels == 1:
         shape = (*shape, 1)
+    elif len(shape) == 3:
+        raise VoxtuneError(f"{what} has shape {shape}: 3D, one channel, where dataset.json's \"modality\" lists "
+                           f"{channels}; expected (X, Y, Z, {channels})")
     if len(shape) != 4:
         raise VoxtuneError(f"{what} has shape {tuple(img.shape)}, not 4D; expected (X, Y, Z, {channels})")
     if shape[3] != channels:
         raise VoxtuneError(f"{what} has {shape[3]} channels where {channels} are expected (shape {shape}; "
-                           f"expected (X, Y, Z, {channels}))")
+                           f"expected (X, Y, Z, {channels}): dataset.json's \"modality\" lists {channels})")
     return shape
 
 
@@ -192,35 +196,77 @@ def label_data(img, shape: tuple[int, int, int], allowed, what: str) -> np.ndarr
     label = np.rint(raw)
     unknown = set(np.unique(label).astype(int).tolist()) - set(allowed)
     if unknown or not np.array_equal(label, raw):
-        raise VoxtuneError(f"{what} holds values {sorted(unknown) or 'not integers'}, not labels of the task "
-                           f"({sorted(allowed)})")
+        raise VoxtuneError(f"{what} holds values {sorted(unknown) or 'not integers'}, which dataset.json's \"labels\" "
+                           f"does not list (it lists {', '.join(map(str, sorted(allowed)))}); fix the label file or "
+                           "dataset.json")
     return label.astype(np.uint8)
 
 
-def load_case(task: TaskInfo, entry: CaseEntry, max_voxels: int = 64_000_000
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Load one labelled case. Returns image float32 [X, Y, Z, C] and label uint8 [X, Y, Z].
+def spacing_of(img, what: str) -> tuple[float, float, float]:
+    """The voxel spacing in mm (X, Y, Z) of a NIfTI image: the lengths of its affine's columns, what
+    places the voxels in the world (nibabel's affine: sform, else qform, else pixdim). Zero, NaN or
+    infinite -> VoxtuneError."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise VoxtuneError(f"{what} has voxel spacing {tuple(round(z, 6) for z in zooms)}; every spacing must be a "
+                           "positive number (fix the header's sform/qform or pixdim)")
+    return zooms
 
-    Shapes and the voxel cap are checked from the headers before any data is decompressed.
-    Every problem raises CaseError(case_id, reason).
-    """
+
+@dataclass(frozen=True)
+class CaseHeader:
+    """What a labelled case's headers say, before any voxel is decoded."""
+
+    image: object  # the nibabel images, data not yet read
+    label: object
+    shape: tuple[int, int, int, int]  # (X, Y, Z, C)
+    spacing: tuple[float, float, float]  # mm per voxel along X, Y, Z
+
+
+def read_header(task: TaskInfo, entry: CaseEntry, max_voxels: int = 64_000_000) -> CaseHeader:
+    """Open a labelled case and check its headers: channels against `modality`, image and label of one
+    shape and one affine, a usable spacing, the voxel cap. Every problem raises CaseError(case_id, reason)."""
     cid = entry.case_id
-    image_what, label_what = f"image file {entry.image}", f"label file {entry.label}"
     try:
-        img = open_nifti(resolve_case_path(task.root, entry.image, cid), image_what)
-        lab = open_nifti(resolve_case_path(task.root, entry.label, cid), label_what)
+        img = open_nifti(resolve_case_path(task.root, entry.image, cid), f"image file {entry.image}")
+        lab = open_nifti(resolve_case_path(task.root, entry.label, cid), f"label file {entry.label}")
         ishape = image_shape(img, len(task.modalities), f"image {entry.image}")
         lshape = label_shape(lab, f"label {entry.label}")
         if ishape[:3] != lshape:
             raise VoxtuneError(f"image {entry.image} is {ishape[:3]} but label {entry.label} is {lshape}")
+        spacing = spacing_of(img, f"image {entry.image}")
+        if not np.allclose(img.affine, lab.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+            raise VoxtuneError(f"image {entry.image} and label {entry.label} have different affines (voxel to "
+                               f"world: {_affine_text(img.affine)} vs {_affine_text(lab.affine)}); the label must "
+                               "lie on the image's grid")
         voxels = int(np.prod(lshape))
         if voxels > max_voxels:
             raise VoxtuneError(f"image {entry.image} has {voxels} voxels per channel, over the cap of "
                                f"{max_voxels} (--max-voxels)")
-        image = nifti_data(img, ishape, image_what)
-        label = label_data(lab, lshape, task.labels, f"label {entry.label}")
     except CaseError:
         raise
     except VoxtuneError as exc:
         raise CaseError(cid, str(exc)) from None
-    return image, label
+    return CaseHeader(img, lab, ishape, spacing)
+
+
+def _affine_text(affine) -> str:
+    return np.array2string(np.asarray(affine)[:3], precision=3, separator=",", suppress_small=True).replace("\n", "")
+
+
+def load_case(task: TaskInfo, entry: CaseEntry, max_voxels: int = 64_000_000
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Load one labelled case. Returns image float32 [X, Y, Z, C], label uint8 [X, Y, Z] and the voxel
+    spacing in mm (X, Y, Z).
+
+    Shapes, affines, spacing and the voxel cap are checked from the headers (read_header) before any
+    data is decompressed. Every problem raises CaseError(case_id, reason).
+    """
+    head = read_header(task, entry, max_voxels)
+    try:
+        image = nifti_data(head.image, head.shape, f"image file {entry.image}")
+        label = label_data(head.label, head.shape[:3], task.labels, f"label {entry.label}")
+    except VoxtuneError as exc:
+        raise CaseError(entry.case_id, str(exc)) from None
+    return image, label, head.spacing
