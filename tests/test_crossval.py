@@ -119,7 +119,7 @@ def test_resume_catches_up_a_fold_left_an_epoch_behind(cache_dir, tmp_path):
 def test_a_fold_that_fails_fails_its_run_with_the_folds_line(cache_dir, tmp_path, monkeypatch):
     import voxtune.train.build as build
 
-    monkeypatch.setattr(build, "DiceLoss", lambda **kw: (lambda logits, label: logits.mean() * float("nan")))
+    monkeypatch.setattr(build, "make_loss", lambda name, softmax: (lambda logits, label: logits.mean() * float("nan")))
     with pytest.raises(loop.TrainingDiverged, match=r"^fold 0 of 2: training loss became nan at epoch 1"):
         loop.fit(make_config({"epochs": 2, "folds": 2}), cache_dir, tmp_path / "run", threads=1)
 

@@ -79,11 +79,11 @@ def _free_port() -> int:
 CONFIG = {"epochs": 3, "norm": "bn", "lr": 0.005, "min_rank_batch": 1}
 
 
-def _rank(rank: int, world: int, port: int, cache: str, out: str, min_rank_batch: int) -> None:
+def _rank(rank: int, world: int, port: int, cache: str, out: str, config: dict) -> None:
     import voxtune.train.loop as loop
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    loop.fit(make_config({**CONFIG, "batch_size": 1, "min_rank_batch": min_rank_batch}), cache, out, threads=1)
+    loop.fit(make_config({**config, "batch_size": 1}), cache, out, threads=1)
     leave_together()
 
 
@@ -101,23 +101,49 @@ def odd_cache(tmp_path_factory):
     return base / "cache"
 
 
+@pytest.fixture(scope="module")
+def odd_classes_cache(tmp_path_factory):
+    """The same split of a two-class task (hippocampus phantoms: softmax, Dice + cross-entropy, cases of
+    different sizes padded to the largest in a batch)."""
+    from voxtune.data.prepare import prepare
+    from voxtune.data.synthetic import make_dataset
+
+    base = tmp_path_factory.mktemp("odd_classes")
+    msd = make_dataset(base / "msd", cases=9, shape=(20, 24, 20), seed=0, test_cases=0, task="hippocampus")
+    prepare(msd, base / "cache", split=(0.6, 0.2, 0.2))
+    manifest = json.loads((base / "cache" / "manifest.json").read_text())
+    assert manifest["labels"] == "classes" and sum(c["split"] == "train" for c in manifest["cases"]) == 5
+    assert len({tuple(c["image_shape"]) for c in manifest["cases"]}) > 1
+    return base / "cache"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("min_rank_batch", [1, 2])
-def test_two_ranks_of_batch_one_follow_one_worker_of_batch_two_on_five_cases(odd_cache, tmp_path, min_rank_batch):
+@pytest.mark.parametrize("min_rank_batch, kind", [(1, "regions"), (2, "regions"), (1, "classes")])
+def test_two_ranks_of_batch_one_follow_one_worker_of_batch_two_on_five_cases(request, tmp_path, min_rank_batch,
+                                                                             kind):
     """bn with SyncBatchNorm: train loss per epoch within 1e-4 (float noise; dropping the short batch's
     weight measured 0.4-0.7 % off), every case trained once an epoch, and the same val Dice (the
     statistics pass takes the same global batches too). min_rank_batch 2 (CPU's default): rank 0 takes
-    every global batch whole and rank 1 an empty part, counted for nothing."""
+    every global batch whole and rank 1 an empty part, counted for nothing. classes: the softmax loss
+    (Dice + cross-entropy over background and two classes) follows too."""
     import voxtune.train.loop as loop
 
-    one = loop.fit(make_config({**CONFIG, "batch_size": 2}), odd_cache, tmp_path / "one", threads=1)["metrics"]
-    mp.spawn(_rank, args=(2, _free_port(), str(odd_cache), str(tmp_path / "two"), min_rank_batch), nprocs=2)
+    odd_cache = request.getfixturevalue("odd_cache" if kind == "regions" else "odd_classes_cache")
+    # The softmax Dice of two small classes is chaotic at lr 0.005: float noise of 2e-6 in epoch 1 grew
+    # to 4e-4 by epoch 2 (the same runs at lr 5e-4 stay under 6e-5); a wrong weight is off in epoch 1.
+    config = {**CONFIG, "lr": 0.0005, "augment": False} if kind == "classes" else CONFIG
+
+    one = loop.fit(make_config({**config, "batch_size": 2}), odd_cache, tmp_path / "one", threads=1)["metrics"]
+    mp.spawn(_rank, args=(2, _free_port(), str(odd_cache), str(tmp_path / "two"), {**config, "min_rank_batch":
+                                                                                    min_rank_batch}), nprocs=2)
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     two = two["epochs"] if isinstance(two, dict) else two
     assert [r["train_samples"] for r in two] == [5, 5, 5]
+    # a hard Dice of classes of a few hundred voxels moves ~2e-3 a voxel that tips to another class
+    dice_tolerance = 1e-4 if kind == "regions" else 5e-3
     for a, b in zip(one, two):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
-        assert b["val_dice"] == pytest.approx(a["val_dice"], abs=1e-4)
+        assert b["val_dice"] == pytest.approx(a["val_dice"], abs=dice_tolerance)
 
 
 def _grown(rank: int, world: int, port: int, cache: str, out: str) -> None:

@@ -167,7 +167,7 @@ _MATRIX = {
 
 _HOOKS_TAKEN = """
 import voxtune.data.cache, voxtune.data.loader, voxtune.files, voxtune.train.build, voxtune.train.loop
-assert voxtune.train.build.DiceLoss.__name__ == "_nan_loss", "nan"
+assert voxtune.train.build.make_loss.__name__ == "_nan_loss", "nan"
 assert voxtune.data.cache._file.__module__ == "sitecustomize", "file"
 assert voxtune.files.open.__module__ == "sitecustomize", "disk"
 assert voxtune.train.loop.fit.__module__ == "sitecustomize", "fit"

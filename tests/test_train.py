@@ -112,7 +112,7 @@ def test_train_never_reads_the_test_split(cache_dir, tmp_path, monkeypatch, fold
 
 
 def test_nan_loss_stops_with_a_clear_error(cache_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(build, "DiceLoss", lambda **kw: (lambda logits, label: logits.mean() * float("nan")))
+    monkeypatch.setattr(build, "make_loss", lambda name, softmax: (lambda logits, label: logits.mean() * float("nan")))
     assert _train(cache_dir, tmp_path / "run", "--epochs", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "loss became nan at epoch 1" in err[0]
@@ -259,8 +259,8 @@ def test_no_augmentation_means_no_flips(cache_dir, tmp_path, monkeypatch):
 def test_out_of_memory_is_one_line_naming_the_run_and_its_sizes(error, cache_dir, tmp_path, monkeypatch):
     real = build.build_model
 
-    def hungry(cfg, *args):
-        model = real(cfg, *args)
+    def hungry(cfg, *args, **kwargs):
+        model = real(cfg, *args, **kwargs)
 
         def forward(*_):
             raise error
@@ -280,8 +280,8 @@ def test_out_of_memory_is_one_line_naming_the_run_and_its_sizes(error, cache_dir
 def test_an_error_that_is_not_out_of_memory_stays_itself(cache_dir, tmp_path, monkeypatch):
     real = build.build_model
 
-    def broken(cfg, *args):
-        model = real(cfg, *args)
+    def broken(cfg, *args, **kwargs):
+        model = real(cfg, *args, **kwargs)
         model.forward = lambda *_: (_ for _ in ()).throw(RuntimeError("shapes do not match"))
         return model
 

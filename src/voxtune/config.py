@@ -15,7 +15,7 @@ from voxtune.errors import VoxtuneError
 from voxtune.models import NETWORKS
 
 NORMS = ("bn", "gn", "in", "none")
-LOSSES = ("dice", "dicece", "batch_dice")
+LOSSES = ("auto", "dice", "dicece", "batch_dice")
 VAL_METRICS = ("hard_dice", "soft_dice")
 UNET_STYLES = ("voxtune", "paper")
 
@@ -34,8 +34,9 @@ class TrainConfig:
     amsgrad: bool = False
     batch_size: int = 2
     epochs: int = 10
-    patch_size: list[int] | None = None  # null = whole volume
-    loss: str = "dice"  # dice: per case (MONAI); dicece: + cross-entropy; batch_dice: over the batch (the paper)
+    patch_size: list[int] | str | None = "auto"  # auto: the cache's plan (whole volume for BraTS); null: whole volume
+    loss: str = "auto"  # dice: per case (MONAI); dicece: + cross-entropy; batch_dice: over the batch (the paper);
+    # auto: dice for BraTS's sigmoid regions, dicece for a dataset's classes (softmax), as nnU-Net trains them
     seed: int = 0
     amp: bool | None = None  # mixed precision; null: on where CUDA is (true without CUDA is refused)
     num_workers: int | None = None  # data-loading processes per training worker; null: from its CPUs
@@ -78,13 +79,15 @@ def _coerce(key: str, value: Any) -> Any:
     if key == "patch_size":
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
             return None
+        if isinstance(value, str) and value.lower() in ("auto", "plan"):
+            return "auto"
         if isinstance(value, str):
             value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
         if isinstance(value, int) or (isinstance(value, list) and len(value) == 1):  # 64 means 64^3
             value = (value if isinstance(value, list) else [value]) * 3
         _check(key, isinstance(value, (list, tuple)) and len(value) == 3
                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in value),
-               f"expected three integers >= 8 or null, got {value!r}")
+               f"expected three integers >= 8, auto (the cache's plan) or null (whole volume), got {value!r}")
         return [int(v) for v in value]
     if isinstance(default, bool):
         if isinstance(value, str):
@@ -143,7 +146,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check("fold", cfg.folds > 1 and 0 <= cfg.fold < cfg.folds,
                f"{cfg.fold}: with folds {cfg.folds} it must be null"
                + (f" or 0..{cfg.folds - 1}" if cfg.folds > 1 else ""))
-    if cfg.patch_size is not None:
+    if isinstance(cfg.patch_size, list):  # auto: rounded to the network's pooling when the plan is read
         step = 2 ** cfg.depth
         _check("patch_size", all(p % step == 0 for p in cfg.patch_size),
                f"{cfg.patch_size} must be divisible by 2**depth = {step}")

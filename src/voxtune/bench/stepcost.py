@@ -63,13 +63,14 @@ def time_steps(model, lr: float, in_channels: int, out_channels: int, shape: lis
 
 def for_bench(cfg, manifest: dict[str, Any], run_batches: set[int], threads: float) -> dict[str, Any]:
     """time_steps on the cache's volume (or the config's patch) at the bench's rank batches; one line of progress."""
-    from voxtune.data.cache import region_names
     from voxtune.data.loader import divisible
     from voxtune.models import build_model
+    from voxtune.train.build import layout
 
-    image_shape, out_channels = manifest["cases"][0]["image_shape"], len(region_names(manifest))
-    model = build_model(cfg, image_shape[0], out_channels)  # built once: its divisor sizes the input too
-    shape = list(cfg.patch_size) if cfg.patch_size else divisible(image_shape[1:], model.divisor)
+    plan = layout(cfg, manifest)  # the config's `auto` values on this cache, as a trial resolves them
+    image_shape, out_channels = manifest["cases"][0]["image_shape"], plan.out_channels
+    model = build_model(cfg, image_shape[0], out_channels, strides=plan.strides, softmax=plan.softmax)
+    shape = list(plan.patch_size) if plan.patch_size else divisible(image_shape[1:], model.divisor)
     batches = rank_batches(cfg.batch_size, run_batches)
     print(f"bench: timing a training step at rank batch {', '.join(map(str, batches))} on {shape} "
           f"({WARMUP} + {ROUNDS} rounds, one step of each batch a round)", flush=True)

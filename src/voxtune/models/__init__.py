@@ -1,8 +1,10 @@
 """Networks by name: NETWORKS maps each `model` config key value to the function that builds it.
 
-A builder takes (cfg: TrainConfig, in_channels, out_channels) and returns a module mapping
-[B, in_channels, X, Y, Z] to logits [B, out_channels, X, Y, Z] that carries `divisor` (the spatial
-sizes it accepts are multiples of it). To add a network: write its builder, add its name here; the
+A builder takes (cfg: TrainConfig, in_channels, out_channels, strides=None, softmax=False) and returns a
+module mapping [B, in_channels, X, Y, Z] to logits [B, out_channels, X, Y, Z] that carries `divisor`
+(the spatial sizes it accepts are multiples of it: one int, or one per axis). `strides` is the
+pooling per level a cache's plan asks for ([(sx, sy, sz)] * depth; None: 2 everywhere); `softmax`
+says the output channels are background + classes (the head's prior bias differs). To add a network: write its builder, add its name here; the
 config accepts exactly these names. This module imports neither torch nor MONAI: the config reads
 NETWORKS without them, and a builder's module is imported when it is first used.
 """
@@ -17,7 +19,7 @@ NETWORKS = {
 }
 
 
-def build_model(cfg, in_channels: int, out_channels: int):
+def build_model(cfg, in_channels: int, out_channels: int, strides=None, softmax: bool = False):
     """The torch.nn.Module that `cfg.model` (a TrainConfig's) names, as its NETWORKS builder makes it."""
     module, name = NETWORKS[cfg.model].split(":")
-    return getattr(import_module(module), name)(cfg, in_channels, out_channels)
+    return getattr(import_module(module), name)(cfg, in_channels, out_channels, strides=strides, softmax=softmax)

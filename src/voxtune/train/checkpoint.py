@@ -92,10 +92,14 @@ def save_epoch(t: Trainer, run: TrainDir, writer, records: list[dict[str, Any]],
         raise
 
 
-def best_state(model, cfg: TrainConfig, manifest: dict, regions: list[str], record: dict) -> dict[str, Any]:
-    """Everything predict needs: weights, the config, and how the cache was preprocessed."""
-    prep = {k: manifest.get(k) for k in ("labels", "regions", "shape", "crop_z", "modalities",
-                                         "image_dtype", "normalise")}
-    return {"model": model.state_dict(), "config": cfg.to_dict(), "regions": regions,
-            "in_channels": manifest["cases"][0]["image_shape"][0], "prepare": prep,
+PREPARE_KEYS = ("preset", "labels", "regions", "label_values", "source_labels", "modalities", "shape", "spacing", "coarse_axis",
+                "crop_z", "image_dtype", "normalise")
+
+
+def best_state(t: Trainer, record: dict) -> dict[str, Any]:
+    """Everything predict needs: weights, the config and what its `auto` values resolved to (patch,
+    pooling, softmax: Layout.checkpoint), and how the cache was preprocessed."""
+    return {"model": t.model.state_dict(), "config": t.cfg.to_dict(), "regions": t.regions,
+            "in_channels": t.manifest["cases"][0]["image_shape"][0],
+            "prepare": {k: t.manifest.get(k) for k in PREPARE_KEYS}, **t.layout.checkpoint(),
             "epoch": record["epoch"], "val": {k: v for k, v in record.items() if k.startswith("val_")}}

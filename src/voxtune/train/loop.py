@@ -108,12 +108,12 @@ class Training:
             if self.rank == 0:
                 if record["val_dice"] > self.best:
                     self.best, self.best_epoch = record["val_dice"], epoch
-                    save_checkpoint(self.run.best_checkpoint, best_state(t.model, cfg, t.manifest, t.regions, record))
+                    save_checkpoint(self.run.best_checkpoint, best_state(t, record))
                 save_epoch(t, self.run, self.writer, self.records, self.best, self.best_epoch)
         except (RuntimeError, MemoryError) as exc:
             if not _out_of_memory(exc):
                 raise
-            raise _out_of_memory_line(cfg, self.run, t.device, epoch, self.world) from None
+            raise _out_of_memory_line(cfg, t.patch, self.run, t.device, epoch, self.world) from None
         if self.log:
             self.log(f"epoch {epoch}/{cfg.epochs}  train_loss {record['train_loss']:.4f}  "
                      f"val_loss {record['val_loss']:.4f}  val_dice {record['val_dice']:.4f}  "
@@ -286,7 +286,8 @@ def _recompute_bn_statistics(t: Trainer, stop_if_aborted: Callable[[], None]) ->
 def _validate_epoch(t: Trainer, stop_if_aborted: Callable[[], None]) -> dict[str, Any]:
     """val_loss, val_dice (mean over regions) and val_dice_<region>, over every rank's val cases."""
     use_amp, amp_dtype = t.amp
-    val = _validate(t.model, t.val_set, t.loss_fn, t.cfg, t.device, use_amp, amp_dtype, len(t.regions), stop_if_aborted)
+    val = _validate(t.model, t.val_set, t.loss_fn, t.cfg.val_metric, t.layout, t.device, use_amp, amp_dtype,
+                    stop_if_aborted)
     val_loss_sum, n_val, *dice_sums = _all_sum(val, t.device)
     dice = [d / max(n_val, 1) for d in dice_sums]
     return {"val_loss": val_loss_sum / max(n_val, 1), "val_dice": sum(dice) / len(dice),
@@ -302,8 +303,9 @@ def everyone_stops(stop: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def _out_of_memory_line(cfg: TrainConfig, run: TrainDir, device: torch.device, epoch: int, world: int) -> OutOfMemory:
-    patch = "the whole volume" if cfg.patch_size is None else f"patch_size {list(cfg.patch_size)}"
+def _out_of_memory_line(cfg: TrainConfig, patch_size, run: TrainDir, device: torch.device, epoch: int,
+                        world: int) -> OutOfMemory:
+    patch = "the whole volume" if patch_size is None else f"patch_size {list(patch_size)}"
     return OutOfMemory(f"{run.name}: out of memory on {device} in epoch {epoch} at batch_size {cfg.batch_size} "
                        f"over {world} rank(s), {patch}; lower batch_size, train on patches (--set "
                        "patch_size=[96,96,96]) or give each worker more memory")
