@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from voxtune.cli import main
+from voxtune.data.plan import brats_settings
 from voxtune.predict import predict_volume, region_masks, to_label_map
 
 REGIONS = ["whole_tumour", "tumour_core", "enhancing_tumour"]
@@ -74,8 +75,8 @@ def test_geometry_round_trip(shape, patch):
     rng = np.random.default_rng(0)
     image = np.zeros((24, 20, 27, 4), dtype=np.float32)
     image[3:20, 4:17, 1:25] = rng.uniform(1, 2, (17, 13, 24, 4))
-    state = {"prepare": {"labels": "regions", "shape": shape, "crop_z": [2, 1]},
-             "config": {"patch_size": patch}, "regions": REGIONS}
+    state = {"prepare": brats_settings(4, labels="regions", shape=shape), "config": {"patch_size": patch},
+             "regions": REGIONS, "in_channels": 4}
     masks = predict_volume(_BrainModel(), state, image)
     assert masks.shape == (3, 24, 20, 27)
     expected = image[..., 0] != 0
@@ -89,9 +90,23 @@ def test_geometry_round_trip(shape, patch):
 
 def test_label_values_round_trip():
     labels = np.random.default_rng(1).integers(0, 4, (6, 5, 4)).astype(np.uint8)
-    assert np.array_equal(to_label_map(region_masks(labels, REGIONS), REGIONS), labels)
-    binary = to_label_map(region_masks(labels, ["whole_tumour"]), ["whole_tumour"])
-    assert np.array_equal(binary, (labels > 0).astype(np.uint8))
+    regions, binary = brats_settings(labels="regions"), brats_settings(labels="binary")
+    assert np.array_equal(to_label_map(region_masks(labels, regions), regions), labels)
+    assert np.array_equal(to_label_map(region_masks(labels, binary), binary), (labels > 0).astype(np.uint8))
+    classes = {"labels": "classes", "label_values": [1, 2, 3]}  # exclusive channels: every value back as itself
+    assert np.array_equal(to_label_map(region_masks(labels, classes), classes), labels)
+
+
+def test_a_version_2_checkpoint_still_predicts():
+    """A best.pt from before the plan (prepare settings without label values, one normalisation for all
+    channels) is read as the BraTS preset it was."""
+    from voxtune.predict import prepare_settings
+
+    old = {"prepare": {"labels": "regions", "shape": None, "crop_z": [2, 1], "normalise": "volume"},
+           "regions": REGIONS, "in_channels": 4}
+    prep = prepare_settings(old)
+    assert prep["label_values"] == [1, 2, 3] and prep["normalise"] == [{"scheme": "volume"}] * 4
+    assert prep["spacing"] is None and prep["source_labels"] == [0, 1, 2, 3]
 
 
 def test_bad_inputs_exit_2(regions_run, msd_dir, tmp_path, capsys):

@@ -2,15 +2,18 @@
 
 Per image, mirroring `voxtune prepare` with the settings saved in the checkpoint (`state["prepare"]`):
 
-    source NIfTI  [X, Y, Z, C]
-      -> preprocess (prepare.preprocess)     [C, X', Y', Z']   Z cropped [2:-1], resized, z-scored
-      -> pad to the model's divisor, infer   probabilities [R, X', Y', Z'] (sliding window if patch-trained)
-      -> resize probabilities back (trilinear), threshold 0.5     [R, X, Y, Z-3]
+    source NIfTI  [X, Y, Z, C], its spacing from the header
+      -> preprocess (voxtune.data.preprocess)   [C, X', Y', Z']   Z crop (BraTS), resize or resample
+                                                                  to the target spacing, normalise
+      -> pad to the model's divisor, infer      probabilities [K, X', Y', Z'] (sliding window if
+                                                patch-trained; the mean over a cross-validation's folds)
+      -> resample probabilities back to the source grid (as prepare resampled: trilinear, the coarse
+         axis of anisotropic data apart), then threshold 0.5 (regions) or argmax (classes)
       -> pad the cropped Z slices with background                 [R, X, Y, Z]
-      -> MSD label values (uint8 [X, Y, Z]) written with the source's affine and header.
+      -> the dataset's own label values (uint8 [X, Y, Z]) written with the source's affine and header.
 
-Resizing the probabilities before thresholding (not the label map after) keeps boundaries smooth
-when the run was trained on a coarser grid.
+Resampling the probabilities before deciding (not the label map after) keeps boundaries smooth when
+the run was trained on another grid.
 """
 from __future__ import annotations
 
@@ -24,8 +27,6 @@ import numpy as np
 
 from voxtune.errors import VoxtuneError
 from voxtune.layout import RunDir, TrainDir
-
-from voxtune.data.cache import REGION_LABEL
 
 def resolve_checkpoints(run: str | Path | None = None, checkpoint: str | Path | None = None,
                         fold: int | None = None) -> list[Path]:
@@ -110,67 +111,94 @@ def _sources(source: str | Path) -> list[tuple[str, Path]]:
     return [(case_id_from_path(source.name), source)]
 
 
-def read_image(path: Path, channels: int) -> tuple[Any, np.ndarray]:
-    """(nibabel image, data float32 [X, Y, Z, C]); shape is checked from the header before decoding."""
-    from voxtune.data.msd import image_shape, nifti_data, open_nifti
-    from voxtune.data.prepare import CROP_Z
+def prepare_settings(state: dict, channels: int | None = None) -> dict:
+    """A checkpoint's prepare settings, completed for a best.pt of a version 2 cache (BraTS only: labels
+    binary or regions, one normalisation for every channel, no spacing plan); `channels` where the state
+    does not say how many the network takes."""
+    prep = dict(state["prepare"])
+    regions = list(state["regions"])
+    if "label_values" not in prep:
+        from voxtune.data.plan import BRATS_REGIONS
+
+        prep["label_values"] = [BRATS_REGIONS[r] for r in regions] if len(regions) > 1 else [1]
+    norm = prep.get("normalise") or "brain"
+    if isinstance(norm, str):
+        prep["normalise"] = [{"scheme": norm}] * int(state.get("in_channels") or channels or 1)
+    for key in ("spacing", "coarse_axis", "shape"):
+        prep.setdefault(key, None)
+    if "crop_z" not in prep:
+        prep["crop_z"] = [2, 1]
+    if "source_labels" not in prep:
+        prep["source_labels"] = [0, 1, 2, 3] if prep.get("labels") != "classes" else [0, *prep["label_values"]]
+    return prep
+
+
+def read_image(path: Path, channels: int, crop_z=None) -> tuple[Any, np.ndarray, tuple[float, float, float]]:
+    """(nibabel image, data float32 [X, Y, Z, C], spacing in mm); shape and spacing are checked from the
+    header before decoding."""
+    from voxtune.data.msd import image_shape, nifti_data, open_nifti, spacing_of
 
     what = f"image {path}"
     img = open_nifti(path, what)
     shape = image_shape(img, channels, what)  # channels: what the run was trained on
-    if shape[2] <= sum(CROP_Z):
-        raise VoxtuneError(f"{what}: only {shape[2]} slices on Z; the [2:-1] crop needs more")
-    return img, nifti_data(img, shape, what)
+    if crop_z and shape[2] <= sum(crop_z):
+        raise VoxtuneError(f"{what}: only {shape[2]} slices on Z; the [{crop_z[0]}:-{crop_z[1]}] crop the run was "
+                           "trained with needs more")
+    return img, nifti_data(img, shape, what), spacing_of(img, what)
 
 
-def predict_volume(model, state: dict, image: np.ndarray, overlap: float = 0.5) -> np.ndarray:
-    """Region masks bool [R, X, Y, Z] on the source grid for a source image float32 [X, Y, Z, C].
-    `model`: one network, or a list of them (a cross-validation's fold models, trained on one cache):
-    their ensemble, the mean of their probabilities."""
+def predict_volume(model, state: dict, image: np.ndarray, spacing=(1.0, 1.0, 1.0), overlap: float = 0.5) -> np.ndarray:
+    """Label channels bool [R, X, Y, Z] on the source grid for a source image float32 [X, Y, Z, C] of
+    voxel `spacing` (mm). `model`: one network, or a list of them (a cross-validation's fold models,
+    trained on one cache): their ensemble, the mean of their probabilities."""
     import torch
     import torch.nn.functional as F
 
     from voxtune.data.loader import pad_to_divisor
-    from voxtune.data.prepare import CROP_Z, preprocess
-    from voxtune.train.metrics import infer
+    from voxtune.data.plan import coarse_axis
+    from voxtune.data.preprocess import crop, preprocess, resample
+    from voxtune.train.metrics import infer, masks, probabilities
 
-    prep = state["prepare"]
-    crop = tuple(prep.get("crop_z") or CROP_Z)
-    if crop != CROP_Z:  # preprocess always crops CROP_Z; another crop cannot be reproduced here
-        raise VoxtuneError(f"checkpoint was prepared with crop_z {list(crop)}, this voxtune crops {list(CROP_Z)}")
-    dummy = np.zeros(image.shape[:3], dtype=np.uint8)  # preprocess wants a label; only the image is used
-    x, _, _ = preprocess(image, dummy, shape=prep.get("shape"), labels=prep.get("labels", "binary"),
-                         normalise=prep.get("normalise") or "brain")
+    prep = prepare_settings(state, image.shape[-1])
+    softmax = bool(state.get("softmax", False))
+    x, _, _ = preprocess(image, None, spacing, prep)
     prepared = x.shape[1:]
     # The values training saw: the cache stores images in this dtype (float16 by default).
     x = x.astype(prep.get("image_dtype") or "float32").astype(np.float32)
     models = model if isinstance(model, list) else [model]
     device = next(models[0].parameters()).device
     batch = torch.from_numpy(pad_to_divisor(x, models[0].divisor))[None].to(device)  # as validation pads
+    patch = state.get("patch_size", state["config"].get("patch_size"))
     with torch.no_grad():
-        probs = torch.stack([torch.sigmoid(infer(m, batch, state["config"].get("patch_size"), overlap=overlap).float())
-                             for m in models]).mean(0)
+        probs = torch.stack([probabilities(infer(m, batch, patch, overlap=overlap), softmax) for m in models]).mean(0)
     probs = probs[..., :prepared[0], :prepared[1], :prepared[2]]
-    cropped = (image.shape[0], image.shape[1], image.shape[2] - sum(crop))
-    if tuple(prepared) != cropped:  # undo the resize on probabilities, then threshold
-        probs = F.interpolate(probs, size=cropped, mode="trilinear", align_corners=False)
-    masks = (probs[0] > 0.5).cpu().numpy()
-    return np.pad(masks, [(0, 0), (0, 0), (0, 0), (crop[0], crop[1])])  # cropped slices -> background
+    cropped = crop(np.empty(image.shape[:3], dtype=bool), prep.get("crop_z")).shape
+    if tuple(prepared) != tuple(cropped):  # back to the source grid on probabilities, then decide
+        if prep.get("shape"):
+            probs = F.interpolate(probs, size=cropped, mode="trilinear", align_corners=False)
+        else:
+            coarse = prep.get("coarse_axis")
+            probs = resample(probs[0].cpu(), cropped, coarse_axis(spacing) if coarse is None else coarse)[None]
+    channels = masks(probs, softmax)[0].cpu().numpy()
+    lo, hi = prep.get("crop_z") or (0, 0)
+    return np.pad(channels, [(0, 0), (0, 0), (0, 0), (lo, hi)])  # cropped slices -> background
 
 
-def to_label_map(masks: np.ndarray, regions: list[str]) -> np.ndarray:
-    """Region masks [R, X, Y, Z] -> MSD labels uint8 [X, Y, Z]: binary 0/1; regions 0, 1 edema,
-    2 non-enhancing, 3 enhancing (painted WT, TC, ET in turn, so the inner regions win)."""
-    out = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for name in REGION_LABEL:
-        if name in regions:
-            out[masks[regions.index(name)]] = REGION_LABEL[name] if len(regions) > 1 else 1
+def to_label_map(channels: np.ndarray, prep: dict) -> np.ndarray:
+    """Label channels bool [R, X, Y, Z] -> the dataset's label values uint8 [X, Y, Z], each channel painted
+    with its value in turn (BraTS's nested regions: WT 1, TC 2, ET 3, so the inner ones win; classes are
+    exclusive)."""
+    out = np.zeros(channels.shape[1:], dtype=np.uint8)
+    for mask, value in zip(channels, prep["label_values"]):
+        out[mask] = value
     return out
 
 
-def region_masks(label_map: np.ndarray, regions: list[str]) -> np.ndarray:
-    """MSD labels [X, Y, Z] -> region masks bool [R, X, Y, Z] (WT {1,2,3}, TC {2,3}, ET {3})."""
-    return np.stack([label_map >= REGION_LABEL[name] for name in regions])
+def region_masks(label_map: np.ndarray, prep: dict) -> np.ndarray:
+    """The dataset's label values [X, Y, Z] -> label channels bool [R, X, Y, Z] (voxtune.data.plan.label_masks)."""
+    from voxtune.data.plan import label_masks
+
+    return label_masks(label_map, prep["labels"], prep["label_values"])
 
 
 def score(pred: np.ndarray, truth: np.ndarray, spacing, regions: list[str]) -> dict[str, float]:
@@ -197,15 +225,15 @@ def score(pred: np.ndarray, truth: np.ndarray, spacing, regions: list[str]) -> d
     return out
 
 
-def _read_truth(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """Ground truth uint8 [X, Y, Z] in MSD label values, checked against the source grid."""
+def _read_truth(path: Path, shape: tuple[int, int, int], allowed) -> np.ndarray:
+    """Ground truth uint8 [X, Y, Z] in the dataset's label values, checked against the source grid."""
     from voxtune.data.msd import label_data, label_shape, open_nifti
 
     what = f"label {path}"
     img = open_nifti(path, what)
     if label_shape(img, what) != tuple(shape):
         raise VoxtuneError(f"{what}: shape {tuple(img.shape)} differs from the image's {tuple(shape)}")
-    return label_data(img, tuple(shape), {0, *REGION_LABEL.values()}, what)
+    return label_data(img, tuple(shape), set(allowed), what)
 
 
 def _write(label_map: np.ndarray, src, path: Path) -> None:
@@ -224,7 +252,7 @@ def _write(label_map: np.ndarray, src, path: Path) -> None:
 
 
 def _format(case_id: str, metrics: dict[str, float], regions: list[str]) -> str:
-    lines = [f"{case_id}: region              dice     hd95_mm"]
+    lines = [f"{case_id}: label channel       dice     hd95_mm"]
     for name in regions:
         hd = metrics[f"hd95_{name}"]
         lines.append(f"  {name:<24}{metrics[f'dice_{name}']:.4f}   {'inf' if math.isinf(hd) else f'{hd:.2f}'}")
@@ -256,7 +284,7 @@ def predict(run: str | Path | None = None, checkpoint: str | Path | None = None,
         if (other["prepare"], other["regions"], other["in_channels"]) != (state["prepare"], state["regions"],
                                                                            state["in_channels"]):
             raise VoxtuneError(f"{c}: prepared or labelled unlike {ckpts[0]}; an ensemble needs models of one cache")
-    regions = list(state["regions"])
+    regions, prep = list(state["regions"]), prepare_settings(state)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VoxtuneError(f"--out {out}: exists and is not a folder")
@@ -268,23 +296,21 @@ def predict(run: str | Path | None = None, checkpoint: str | Path | None = None,
         try:
             if target.resolve() == path.resolve():
                 raise VoxtuneError(f"--out {out}: would overwrite the input {path}; choose another folder")
-            src, image = read_image(path, state["in_channels"])
-            truth = _read_truth(Path(label), image.shape[:3]) if label is not None else None
+            src, image, spacing = read_image(path, state["in_channels"], prep.get("crop_z"))
+            truth = _read_truth(Path(label), image.shape[:3], prep["source_labels"]) if label is not None else None
         except VoxtuneError as exc:
             if len(items) == 1:
                 raise
             failed.append(f"{case_id}: {exc}")
             tqdm.write(f"case {case_id}: {exc}", file=sys.stderr)
             continue
-        masks = predict_volume(model, state, image, overlap)
-        label_map = to_label_map(masks, regions)
+        label_map = to_label_map(predict_volume(model, state, image, spacing, overlap), prep)
         _write(label_map, src, target)
         record: dict[str, Any] = {"case_id": case_id, "source": str(path), "output": str(target),
                                   "shape": list(label_map.shape)}
         if truth is not None:
             # Score what was written: masks re-derived from the label map, on the source grid.
-            spacing = src.header.get_zooms()[:3]
-            record.update(score(region_masks(label_map, regions), region_masks(truth, regions), spacing, regions))
+            record.update(score(region_masks(label_map, prep), region_masks(truth, prep), spacing, regions))
             tqdm.write(_format(case_id, record, regions))
         records.append(record)
     used = (f"checkpoint {ckpts[0]}" if len(ckpts) == 1

@@ -52,16 +52,16 @@ def curves(series: dict[str, list[dict]], best: str | None) -> str:
             ax.plot(epochs, [r.get(key) for r in records], marker="o", ms=3, lw=width, alpha=alpha,
                     color=colour, label=key if len(series) == 1 else name + ("  (best)" if name == best else ""))
         if len(series) == 1:  # one run: room for the per-region Dice and the validation loss
-            from voxtune.viz import COLOURS
+            from voxtune.viz import colour as channel_colour, label_text
 
-            for key in (k for k in records[0] if k.startswith("val_dice_")):
-                region = key.replace("val_dice_", "")
-                axes[0].plot(epochs, [r.get(key) for r in records], ls="--", lw=1.4,
-                             color=COLOURS.get(region), label=region.replace("_", " "))
+            channels = [k[len("val_dice_"):] for k in records[0] if k.startswith("val_dice_")]
+            for region in channels:
+                axes[0].plot(epochs, [r.get(f"val_dice_{region}") for r in records], ls="--", lw=1.4,
+                             color=channel_colour(region, channels), label=label_text(region))
             axes[1].plot(epochs, [r.get("val_loss") for r in records], ls="--", lw=1.4, color="#c0392b",
                          label="val_loss")
     losses = "training and validation loss" if len(series) == 1 else "training loss"
-    for ax, title in zip(axes, ("validation Dice (mean over regions)", losses)):
+    for ax, title in zip(axes, ("validation Dice (mean over label channels)", losses)):
         ax.ticklabel_format(axis="y", useOffset=False)  # near-flat curves: plain values, no offset
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("epoch")
@@ -124,8 +124,8 @@ def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4,
     from voxtune.data.cache import case_entry, case_ids, read_manifest
     from voxtune.data.loader import CaseDataset
     from voxtune.train.evaluate import load_model
-    from voxtune.train.metrics import dice_per_region, infer
-    from voxtune.viz import COLOURS, NAMES, display_window, grey_slice, without_background
+    from voxtune.train.metrics import dice_per_region, infer, masks as predicted_masks, probabilities
+    from voxtune.viz import colour, display_window, grey_slice, label_text, without_background
 
     plt = pyplot()
     manifest = read_manifest(cache_dir)
@@ -142,12 +142,12 @@ def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4,
         shape = entry["image_shape"][1:]
         crop = (slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
         with torch.no_grad():
-            logits = infer(model, padded_image[None].float(), state["config"].get("patch_size"))
+            logits = infer(model, padded_image[None].float(), state["patch_size"])
         logits = logits[(slice(None), *crop)]
         image, label = without_background(padded_image[crop].float().numpy(), entry), padded_label[crop].numpy()
-        dice = dice_per_region(logits, torch.from_numpy(label[None]))[0].tolist()
-        pred = (torch.sigmoid(logits[0]) > 0.5).numpy()
-        # The slice with the most tumour in truth (or in the prediction when the truth has none).
+        dice = dice_per_region(logits, torch.from_numpy(label[None]), state["softmax"])[0].tolist()
+        pred = predicted_masks(probabilities(logits, state["softmax"]), state["softmax"])[0].numpy()
+        # The slice with the most foreground in truth (or in the prediction when the truth has none).
         per_z = label[0].sum(axis=(0, 1)) if label[0].any() else pred[0].sum(axis=(0, 1))
         z = int(per_z.argmax()) if per_z.max() > 0 else shape[2] // 2
         ax.imshow(grey_slice(image[0, :, :, z], display_window(image[0])), cmap="gray", origin="lower",
@@ -155,13 +155,13 @@ def predictions(checkpoint: Path, cache_dir: Path, max_cases: int = 4,
         for masks, style in ((label, "solid"), (pred, "dashed")):
             for mask, name in zip(masks[:, :, :, z], regions):
                 if mask.any() and not mask.all():
-                    ax.contour(mask.T.astype(float), levels=[0.5], colors=[COLOURS.get(name, (1, 0, 1))],
+                    ax.contour(mask.T.astype(float), levels=[0.5], colors=[colour(name, regions)],
                                linewidths=1.4, linestyles=style)
         scores = "  ".join(f"{''.join(w[0] for w in n.split('_')).upper()} {d:.2f}" for n, d in zip(regions, dice))
         ax.set_title(f"{cid}  z={z}\nDice {scores}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [Line2D([], [], color=COLOURS.get(r, (1, 0, 1)), lw=2, label=NAMES.get(r, r)) for r in regions]
+    handles = [Line2D([], [], color=colour(r, regions), lw=2, label=label_text(r)) for r in regions]
     handles += [Line2D([], [], color="k", lw=1.4, ls="solid", label="truth"),
                 Line2D([], [], color="k", lw=1.4, ls="dashed", label="prediction")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,

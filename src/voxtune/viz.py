@@ -15,8 +15,19 @@ from voxtune.errors import VoxtuneError
 # Region colours (RGB 0-1): WT yellow, TC red, ET cyan; drawn in this order so inner regions show.
 COLOURS = {"whole_tumour": (1.0, 0.82, 0.1), "tumour_core": (0.95, 0.2, 0.15),
            "enhancing_tumour": (0.1, 0.85, 1.0)}
-NAMES = {"whole_tumour": "whole tumour", "tumour_core": "tumour core",
-         "enhancing_tumour": "enhancing tumour"}
+# A dataset's own classes take these in label order.
+PALETTE = [(1.0, 0.82, 0.1), (0.1, 0.85, 1.0), (0.95, 0.2, 0.15), (0.35, 0.9, 0.3), (0.85, 0.4, 1.0),
+           (1.0, 0.55, 0.1), (0.2, 0.45, 1.0), (0.95, 0.95, 0.95)]
+
+
+def colour(name: str, channels: list[str]) -> tuple[float, float, float]:
+    """A label channel's colour: BraTS's regions their own, a dataset's classes the palette in order."""
+    return COLOURS.get(name) or PALETTE[channels.index(name) % len(PALETTE)]
+
+
+def label_text(name: str) -> str:
+    """A channel name as a legend shows it: "tumour_core" -> "tumour core"."""
+    return name.replace("_", " ")
 
 
 def without_background(image: np.ndarray, entry: dict) -> np.ndarray:
@@ -53,7 +64,7 @@ def _overlay(grey: np.ndarray, masks: np.ndarray, regions: list[str], alpha: flo
     hit = np.zeros(grey.shape, dtype=bool)
     for mask, name in zip(masks, regions):
         m = mask.T.astype(bool)
-        tint[m] = COLOURS.get(name, (1.0, 0.0, 1.0))
+        tint[m] = colour(name, regions)
         hit |= m
     rgb[hit] = (1 - alpha) * rgb[hit] + alpha * tint[hit]
     return rgb
@@ -66,7 +77,7 @@ def _png(image, label, regions, modalities, case_id, out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    per_slice = label[0].reshape(-1, label.shape[-1]).sum(axis=0)
+    per_slice = label.any(axis=0).reshape(-1, label.shape[-1]).sum(axis=0)
     z = int(per_slice.argmax()) if per_slice.max() > 0 else label.shape[-1] // 2
     n = len(modalities) + 1
     aspect = image.shape[2] / image.shape[1]  # displayed slice is [Y, X]
@@ -81,17 +92,17 @@ def _png(image, label, regions, modalities, case_id, out: Path) -> None:
     axes[-1].imshow(_overlay(flair, label[:, :, :, z], regions), origin="lower", interpolation="nearest")
     for mask, name in zip(label[:, :, :, z], regions):
         if mask.any():
-            axes[-1].contour(mask.T, levels=[0.5], colors=[COLOURS.get(name, (1, 0, 1))], linewidths=0.7)
+            axes[-1].contour(mask.T, levels=[0.5], colors=[colour(name, regions)], linewidths=0.7)
     axes[-1].set_title(f"{modalities[0]} + label", fontsize=10)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    handles = [Patch(color=COLOURS.get(r, (1, 0, 1)), label=NAMES.get(r, r)) for r in regions]
+    handles = [Patch(color=colour(r, regions), label=label_text(r)) for r in regions]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
                bbox_to_anchor=(0.5, 0.01))
-    fig.suptitle(f"{case_id}: axial slice z = {z} (most tumour)", fontsize=11)
+    fig.suptitle(f"{case_id}: axial slice z = {z} (most labelled voxels)", fontsize=11)
     fig.savefig(out, bbox_inches="tight", facecolor="white")
     plt.close(fig)
 
