@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in the README, from scratch, one script after the other (~2.75 hours on 2 CPU cores):
+# Every number in the README, from scratch, one script after the other (~4 hours on 2 CPU cores):
 #
 #     bash benchmarks/all.sh [WORKDIR]     (default WORKDIR: bench-all; must not exist)
 #
@@ -35,3 +35,4 @@ run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"
 run bench_auto bash benchmarks/bench_auto.sh "$WORK/bench-auto"
 run carry_over "$PY" benchmarks/carry_over.py --work "$WORK/carry-over"
 run bench_folds bash benchmarks/bench_folds.sh "$WORK/bench-folds"
+run tasks bash benchmarks/tasks.sh "$WORK/tasks"

@@ -33,7 +33,9 @@ def main() -> None:
     import nibabel as nib
 
     from voxtune.data.cache import read_window
-    from voxtune.data.prepare import preprocess, store_case
+    from voxtune.data.plan import brats_settings
+    from voxtune.data.prepare import store_case
+    from voxtune.data.preprocess import preprocess
     from voxtune.data.synthetic import make_case
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,7 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     raw_image, raw_label = make_case(np.random.default_rng(0), tuple(args.shape))
-    image, label, background = preprocess(raw_image, raw_label)
+    brats = brats_settings()
+    image, label, background = preprocess(raw_image, raw_label, (1.0, 1.0, 1.0), brats)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         nib.save(nib.Nifti1Image(raw_image, np.eye(4)), str(d / "image.nii.gz"))
@@ -57,7 +60,7 @@ def main() -> None:
         def nifti():
             img = np.asarray(nib.load(str(d / "image.nii.gz")).dataobj, dtype=np.float32)
             lab = np.asarray(nib.load(str(d / "label.nii.gz")).dataobj, dtype=np.uint8)
-            preprocess(img, lab)
+            preprocess(img, lab, (1.0, 1.0, 1.0), brats)
 
         def npy():
             np.load(d / "image.npy"), np.load(d / "label.npy")
