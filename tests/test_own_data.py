@@ -52,8 +52,10 @@ def test_a_search_reports_each_class_by_its_name_and_learns_it(searched):
     assert manifest["labels"] == "classes" and manifest["regions"] == names and manifest["crop_z"] is None
     with open(run / "leaderboard.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
     best = rows[0]
+    # ASHA may stop the weaker trial early; every trial ends finished or stopped, the best one finished
+    assert len(rows) == 2 and best["status"] == "finished"
+    assert {r["status"] for r in rows} <= ({"finished", "stopped"} if "asha" in TASKS[task][1] else {"finished"})
     for name in names:  # per-class Dice, named after dataset.json, well above chance
         assert float(best[f"val_dice_{name}"]) > LEARNT, (task, name, best)
     assert float(best["val_dice"]) == pytest.approx(np.mean([float(best[f"val_dice_{n}"]) for n in names]))

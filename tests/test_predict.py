@@ -118,7 +118,7 @@ def test_bad_inputs_exit_2(regions_run, msd_dir, tmp_path, capsys):
     (tmp_path / "untrained").mkdir()
     cases = [
         (["--run", run, "--input", str(tmp_path / "none.nii.gz")], "none.nii.gz"),
-        (["--run", run, "--input", str(msd_dir / "labelsTr" / "BRATS_001.nii.gz")], "not 4D"),
+        (["--run", run, "--input", str(msd_dir / "labelsTr" / "BRATS_001.nii.gz")], "3D, one channel"),
         (["--run", run, "--input", str(three)], "3 channels"),
         (["--run", str(tmp_path / "untrained"), "--input", str(image)], "best.pt missing"),
         (["--checkpoint", str(regions_run / "checkpoints" / "last.pt"), "--input", str(image)], "last.pt"),
