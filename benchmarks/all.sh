@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
-# Every number in the README, from scratch, one script after the other (~4 hours on 2 CPU cores):
+# Every number in the README and docs/benchmarks*.md, from scratch, one script after the other (~4 hours on 2 CPU cores):
 #
 #     bash benchmarks/all.sh [WORKDIR]     (default WORKDIR: bench-all; must not exist)
 #
 # Each script's output goes to WORKDIR/<name>.log beside its own work folder WORKDIR/<name>/. Run it on
 # a quiet machine (the 2-worker runs suffer most from other load) and quote the logs, not memory.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-bench-all}
-PY=${PY:-.venv/bin/python}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
-mkdir -p "$WORK"
-git rev-parse HEAD > "$WORK/commit.txt" 2>/dev/null || true
-git status --porcelain > "$WORK/dirty.txt" 2>/dev/null || true
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work bench-all "$@"
+bench_record
 run() {  # run NAME COMMAND...: log to WORKDIR/NAME.log, with its duration
     local name=$1 t0=$SECONDS
     shift
@@ -32,6 +28,8 @@ run precise_bn bash benchmarks/precise_bn.sh "$WORK/precise-bn"
 run same_problem bash benchmarks/same_problem.sh "$WORK/same-problem"
 run rank_pairs bash benchmarks/rank_pairs.sh "$WORK/rank-pairs"
 run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"
+run startup_parts "$PY" benchmarks/startup_parts.py "$WORK/bench-cpu/cache"  # bench_cpu's 32^3 cache
+run prestart "$PY" benchmarks/prestart.py --work "$WORK/prestart"
 run bench_auto bash benchmarks/bench_auto.sh "$WORK/bench-auto"
 run carry_over "$PY" benchmarks/carry_over.py --work "$WORK/carry-over"
 run bench_folds bash benchmarks/bench_folds.sh "$WORK/bench-folds"

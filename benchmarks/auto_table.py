@@ -1,4 +1,4 @@
-"""The README's auto table: for each search of benchmarks/bench_auto.sh, the 2-worker runs of every mode
+"""The auto table (docs/benchmarks-auto.md#auto-against-the-fixed-modes): for each search of benchmarks/bench_auto.sh, the 2-worker runs of every mode
 (medians of the seeded repeats, [min-max]) and auto's wall time and final-best time over the better
 fixed mode's.
 
@@ -10,16 +10,15 @@ import json
 import sys
 from pathlib import Path
 
+from common import span
+
 SEARCHES = {"a": "4 trials x 6 epochs", "b": "3 trials x 8 epochs", "c": "8 trials x 8 epochs, ASHA"}
 
 
-def _span(row: dict, key: str, fmt: str = "{:.1f}") -> str:
+def _span(row: dict, key: str, digits: int = 1) -> str:
+    """median [min-max] of `key` over the row's repeats that have it; "-" where none has."""
     values = [r[key] for r in row["repeats"] if r.get(key) is not None]
-    if not values:
-        return "-"
-    mid = sorted(values)[(len(values) - 1) // 2] if len(values) % 2 else sum(sorted(values)[len(values) // 2 - 1:
-                                                                                          len(values) // 2 + 1]) / 2
-    return f"{fmt.format(mid)} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+    return span(values, digits) if values else "-"
 
 
 def main(work: str) -> int:
@@ -44,7 +43,7 @@ def main(work: str) -> int:
             final = (f"{auto['final_best_s'] / best_final['final_best_s']:.2f} (vs {best_final['mode']})"
                      if mode == "auto" and auto and best_final and auto.get("final_best_s") else "")
             print(f"| ({name}) {what} | {mode} | {_span(r, 'wall_s')} | {_span(r, 'final_best_s')} | "
-                  f"{_span(r, 'best_val_dice', '{:.3f}')} | {_span(r, 'test_dice', '{:.3f}')} | {ratio} | {final} |")
+                  f"{_span(r, 'best_val_dice', 3)} | {_span(r, 'test_dice', 3)} | {ratio} | {final} |")
     print("\nMedians of the 3 seeded repeats [min-max], 2 workers. Final best: Ray up until the epoch that trained "
           "the search's best model ended. Ratios: medians of auto over the better fixed mode's (global-batch data).")
     return 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's auto benchmark: --mode auto against experiment and data parallelism (global-batch, so all
+# The auto benchmark (docs/benchmarks-auto.md#auto-against-the-fixed-modes): --mode auto against experiment and data parallelism (global-batch, so all
 # three train the same problem) on 1 and 2 workers (1 CPU core each), 3 seeded repeats per point, on
 # three searches:
 #   (a) 4 trials x 6 epochs  (lr {1e-3, 5e-3} x norm {bn, gn}): every worker busy until the end;
@@ -15,16 +15,12 @@
 #     bash benchmarks/bench_auto.sh [WORKDIR]      (default WORKDIR: bench-auto)
 #
 # Needs a quiet 2-core machine, as bench_cpu.sh. Takes ~30 minutes.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-bench-auto}
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-PY=${PY:-.venv/bin/python}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work bench-auto "$@"
 uptime
 
-"$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases 20 --shape 32 32 32 --seed 0
-"$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache" --split 0.5 0.3 0.2
+bench_phantoms 20 32 --split 0.5 0.3 0.2
 printf 'lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space-a.yaml"
 printf 'lr: {grid: [0.001, 0.003, 0.005]}\nnorm: bn\n' > "$WORK/space-b.yaml"
 printf 'lr: {grid: [0.0005, 0.001, 0.003, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space-c.yaml"

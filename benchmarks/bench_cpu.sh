@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's CPU benchmark: the same 4-trial search (lr {1e-3, 5e-3} x norm {bn, gn}) under experiment
+# The CPU benchmark (docs/benchmarks.md#which-mode-wins-on-2-cpu-cores): the same 4-trial search (lr {1e-3, 5e-3} x norm {bn, gn}) under experiment
 # and data parallelism at 1 and 2 workers (1 CPU core each), data parallelism under both DDP recipes
 # (global-batch: the 1-worker problem; scale-lr: the paper's), 3 seeded repeats per point (repeat r trains
 # with seed r - 1 and queues the trials in an order of its own), with the searches' validation and test
@@ -16,17 +16,13 @@
 # run and shows up as lost speed-up; `uptime` before and after is printed. Takes ~50 minutes.
 # Writes WORKDIR/bench/{bench.json,speedup.png,bench.md}, WORKDIR/plan.json, WORKDIR/other-batch/bench.json
 # and WORKDIR/check.json (the out-of-sample error).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-bench-cpu}
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-PY=${PY:-.venv/bin/python}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work bench-cpu "$@"
 EPOCHS=${EPOCHS:-30}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
 uptime
 
-"$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases 20 --shape 32 32 32 --seed 0
-"$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache" --split 0.5 0.3 0.2
+bench_phantoms 20 32 --split 0.5 0.3 0.2
 printf 'lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space.yaml"
 "$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/bench" --space "$WORK/space.yaml" --workers 1 2 \
     --modes experiment data --trials 4 --epochs "$EPOCHS" --repeats 3 --ddp-recipe global-batch scale-lr \

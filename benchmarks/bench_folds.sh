@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's cross-validation benchmark: does a 5-fold search (voxtune tune --folds 5) choose a better
+# The cross-validation benchmark (docs/benchmarks-auto.md#cross-validation-single-split-against-5-fold-search): does a 5-fold search (voxtune tune --folds 5) choose a better
 # config than a single-split search, is its fold ensemble better than one fold model, and what does it cost?
 #
 # 30 phantom cases at 32^3, prepared 50/20/30: 21 train + val cases (the folds cut them; --folds pools
@@ -16,17 +16,13 @@
 #     bash benchmarks/bench_folds.sh [WORKDIR]      (default WORKDIR: bench-folds)
 #
 # Needs a quiet 2-core machine for the cost column. Takes ~20 minutes.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-bench-folds}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work bench-folds "$@"
 CASES=${CASES:-30} SHAPE=${SHAPE:-32} EPOCHS=${EPOCHS:-6}  # (smaller for a smoke run of the script)
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-PY=${PY:-.venv/bin/python}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
 uptime
 
-"$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases "$CASES" --shape "$SHAPE" "$SHAPE" "$SHAPE" --seed 0
-"$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache" --split 0.5 0.2 0.3
+bench_phantoms "$CASES" "$SHAPE" --split 0.5 0.2 0.3
 "$PY" benchmarks/folds_view.py "$WORK/cache" "$WORK/cache-truth"
 printf 'lr: {grid: [0.0002, 0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space.yaml"
 tune() {  # tune CACHE OUT ARGS...

@@ -1,25 +1,21 @@
-"""What the auto benchmark scripts share: the bench's 20-case 32^3 phantom set (bench_auto.sh makes the
-same one: 10 train, 6 validation, 4 test cases) and the "median [min-max]" cell their tables print.
+"""What carry_over.py and prestart.py share: the bench's 20-case 32^3 phantom set (bench_auto.sh, bench_cpu.sh
+and rank_pairs.sh make the same one with lib.sh's bench_phantoms: 10 train, 6 validation, 4 test cases) and
+the bench's 4-trial search space. The "median [min-max]" cell their tables print is common.span.
 Imported by the scripts beside it (python puts benchmarks/ on the path of a script run from there)."""
 from __future__ import annotations
 
-import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from common import voxtune
+
+SPACE = {"lr": {"grid": [0.001, 0.005]}, "norm": {"grid": ["bn", "gn"]}}  # lr {1e-3, 5e-3} x norm {bn, gn}
 
 
 def make_bench_set(work: Path) -> Path:
     """WORK/Task01_BrainTumour and its cache WORK/cache, made unless the cache is there; returns the cache."""
-    voxtune = [sys.executable, "-m", "voxtune.cli"]
     if not (work / "cache").exists():
-        subprocess.run([*voxtune, "synth", "--out", str(work / "Task01_BrainTumour"), "--cases", "20", "--shape",
-                        "32", "32", "32", "--seed", "0"], check=True)
-        subprocess.run([*voxtune, "prepare", "--source", str(work / "Task01_BrainTumour"), "--out",
-                        str(work / "cache"), "--split", "0.5", "0.3", "0.2"], check=True)
+        voxtune("synth", "--out", str(work / "Task01_BrainTumour"), "--cases", "20", "--shape", "32", "32", "32",
+                "--seed", "0")
+        voxtune("prepare", "--source", str(work / "Task01_BrainTumour"), "--out", str(work / "cache"), "--split",
+                "0.5", "0.3", "0.2")
     return work / "cache"
-
-
-def span(values: list[float], digits: int) -> str:
-    """median [min-max] of `values`, each with `digits` decimals."""
-    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"

@@ -1,6 +1,6 @@
 """Does a search slow the next one when both run in one Python process, as `voxtune bench` runs them?
 
-The README's carry-over numbers. In the auto bench (bench_auto.sh) auto always ran right after data mode
+The carry-over numbers (docs/benchmarks-auto.md#carry-over-between-searches). In the auto bench (bench_auto.sh) auto always ran right after data mode
 in each repeat, and its one-worker epochs were often slower than experiment mode's with the same trials.
 This script runs, in each repeat (its own seed), on the bench's 20-case 32^3 set, 4 trials x 4 epochs
 (lr {1e-3, 5e-3} x norm {bn, gn}), 2 workers, batch 4:
@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_set import make_bench_set, span
+from bench_set import SPACE, make_bench_set
+from common import print_result, results, span
 
-SPACE = {"lr": {"grid": [0.001, 0.005]}, "norm": {"grid": ["bn", "gn"]}}
 SEQUENCES = [  # (label of the context, modes run one after another in one process)
     ("one process", ("data", "auto")),
     ("one process", ("data", "experiment")),
@@ -67,9 +67,8 @@ def run_sequence(work: Path, modes: list[str], seed: int, tag: str) -> None:
         train = [r["train_s"] for f in sorted((run_dir / "trials").glob("*/metrics.json"))
                  for r in json.loads(f.read_text()) if r["epoch"] > 1]
         time.sleep(1.0)
-        print("RESULT " + json.dumps({"mode": mode, "after": modes[i - 1] if i else None,
-                                      "train_s": statistics.median(train), "alive_1s_after": _survivors()}),
-              flush=True)
+        print_result({"mode": mode, "after": modes[i - 1] if i else None, "train_s": statistics.median(train),
+                      "alive_1s_after": _survivors()})
 
 
 def main() -> None:
@@ -84,7 +83,7 @@ def main() -> None:
     if args.sequence:
         return run_sequence(work, args.sequence, args.seed, args.tag)
     make_bench_set(work)
-    results: dict[tuple[str, str, str | None], list[float]] = {}
+    found: dict[tuple[str, str, str | None], list[float]] = {}
     alive = []
     for rep in range(1, args.repeats + 1):
         for n, (context, modes) in enumerate(SEQUENCES):
@@ -92,19 +91,17 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--work", str(work), "--sequence", *modes,
                                   "--seed", str(rep), "--tag", f"r{rep}-s{n}"],
                                  capture_output=True, text=True, check=True).stdout
-            for line in out.splitlines():
-                if line.startswith("RESULT "):
-                    r = json.loads(line[7:])
-                    key = (context, r["mode"], r["after"] or after)
-                    results.setdefault(key, []).append(r["train_s"])
-                    alive.append(r["alive_1s_after"])
-                    print(f"[repeat {rep}] {context}: {r['mode']} after {key[2] or 'nothing'}: "
-                          f"train_s {r['train_s']:.3f}", flush=True)
+            for r in results(out):
+                key = (context, r["mode"], r["after"] or after)
+                found.setdefault(key, []).append(r["train_s"])
+                alive.append(r["alive_1s_after"])
+                print(f"[repeat {rep}] {context}: {r['mode']} after {key[2] or 'nothing'}: "
+                      f"train_s {r['train_s']:.3f}", flush=True)
     print(f"\nRay or trial processes alive 1 s after a search returned: at most {max(alive)} "
           f"({len(alive)} searches)")
     print(f"\n| search | after | context | training s per epoch, median of {args.repeats} [min-max] |")
     print("|---|---|---|---:|")
-    for (context, mode, after), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2] or "", kv[0][0])):
+    for (context, mode, after), values in sorted(found.items(), key=lambda kv: (kv[0][1], kv[0][2] or "", kv[0][0])):
         print(f"| {mode} | {after or 'nothing'} | {context} | {span(values, 3)} |")
 
 

@@ -1,4 +1,4 @@
-"""The README's cross-validation tables, from the WORKDIR of benchmarks/bench_folds.sh: the ground truth
+"""The cross-validation tables (docs/benchmarks-auto.md#cross-validation-single-split-against-5-fold-search), from the WORKDIR of benchmarks/bench_folds.sh: the ground truth
 of every config, then for each search (single-split and 5-fold, three repeats) the config it chose, that
 config's regret, the test Dice of the model it delivers, and its cost; the aggregates last (median
 [min-max] over the repeats).
@@ -13,9 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def _span(values: list[float], fmt: str = "{:.3f}") -> str:
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+from common import span
 
 
 def _rows(run: Path) -> list[dict]:
@@ -75,14 +73,14 @@ def main(work: str) -> int:
     print("|---|---:|---:|---:|---:|")
     for protocol, runs in found.items():
         if runs:
-            print(f"| {protocol} | {_span([s['regret'] for s in runs])} | {_span([s['test'] for s in runs])} "
-                  f"| {_span([s['epochs'] for s in runs], '{:.0f}')} | {_span([s['wall'] for s in runs], '{:.0f}')} |")
+            print(f"| {protocol} | {span([s['regret'] for s in runs])} | {span([s['test'] for s in runs])} "
+                  f"| {span([s['epochs'] for s in runs], 0)} | {span([s['wall'] for s in runs], 0)} |")
     cv = found["cv5"]
     if cv:
         gain = [s["test"] - statistics.fmean(s["fold_tests"]) for s in cv]
         over_best = [s["test"] - max(s["fold_tests"]) for s in cv]
-        print(f"\nensemble test Dice minus its fold models' mean: {_span(gain)}; minus the best fold model's: "
-              f"{_span(over_best)} (the best fold model on test: known only afterwards)")
+        print(f"\nensemble test Dice minus its fold models' mean: {span(gain)}; minus the best fold model's: "
+              f"{span(over_best)} (the best fold model on test: known only afterwards)")
     return 0
 
 

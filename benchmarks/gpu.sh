@@ -10,8 +10,8 @@
 #     run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)
 # It prints the table and leaves $OUT/gpu.json. Without a GPU, `bash benchmarks/gpu.sh --smoke`
 # runs the same steps at toy sizes on the CPU.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
 if [ "${1:-}" = "--fetch-wheels" ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

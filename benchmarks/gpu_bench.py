@@ -27,11 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "voxtune.cli", *args]
+from common import ROOT, src_env, voxtune, voxtune_cli
 
 
 def loader_rate(cache: Path, patch, workers: int, cuda: bool, seconds: float) -> float:
@@ -93,14 +89,13 @@ def net_rate(shape, amp: bool, device, steps: int) -> float:
 def packed_rate(cache: Path, work: Path, trials: int, patch: int, epochs: int, amp: bool) -> float:
     """Aggregate training samples/s of `trials` concurrent `voxtune train` runs on the same GPU."""
     procs, runs = [], []
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = src_env()
     for i in range(trials):
         run = work / f"packed{trials}-{i}"
         runs.append(run)
-        procs.append(subprocess.Popen(_cli("train", "--cache", str(cache), "--out", str(run), "--epochs", str(epochs),
-                                           "--set", f"patch_size={patch}", "--set", f"seed={i}",
-                                           "--set", f"amp={str(amp).lower()}"),
-                                      env=env, stdout=subprocess.DEVNULL))
+        cmd = voxtune_cli("train", "--cache", str(cache), "--out", str(run), "--epochs", str(epochs),
+                          "--set", f"patch_size={patch}", "--set", f"seed={i}", "--set", f"amp={str(amp).lower()}")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL))
     for p in procs:
         if p.wait():
             raise SystemExit(f"a packed run failed (exit {p.returncode})")
@@ -118,7 +113,7 @@ def grown_rate(cache: Path, work: Path, ranks: int, patch: int, epochs: int, amp
     measures what the growth would give, seconds per epoch and training samples/s of the one trial."""
     run = work / f"grown{ranks}"
     config = {"batch_size": 2, "epochs": epochs, "patch_size": [patch] * 3, "amp": amp, "min_rank_batch": 1}
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = src_env()
     threads = max(1, (os.cpu_count() or 1) // 4 // ranks)  # a quarter of the machine, as 1 of 4 packed trials
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
            str(ROOT / "benchmarks" / "grow_rank.py"), str(cache), str(run), json.dumps(config), str(threads)]
@@ -147,12 +142,12 @@ def main() -> None:
     t0 = time.perf_counter()
     log = lambda text: print(f"[{time.perf_counter() - t0:5.0f}s] {text}", flush=True)  # noqa: E731
     msd, cache = work / "Task01_BrainTumour", work / "cache"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = src_env()
     if not (cache / "manifest.json").exists():
-        subprocess.run(_cli("synth", "--out", str(msd), "--cases", str(args.cases), "--test-cases", "0",
-                            "--shape", *map(str, full)), check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(_cli("prepare", "--source", str(msd), "--out", str(cache), "--workers", str(min(8, os.cpu_count()))),
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        voxtune("synth", "--out", str(msd), "--cases", str(args.cases), "--test-cases", "0", "--shape", *map(str, full),
+                env=env, stdout=subprocess.DEVNULL)
+        voxtune("prepare", "--source", str(msd), "--out", str(cache), "--workers", str(min(8, os.cpu_count())),
+                env=env, stdout=subprocess.DEVNULL)
     log(f"cache of {args.cases} cases at {full}; device {torch.cuda.get_device_name(0) if cuda else 'cpu'}")
     result = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
               "cpus": os.cpu_count(), "cases": args.cases, "loader": [], "net": [], "packed": []}

@@ -15,7 +15,7 @@ On N full-size phantoms (240 x 240 x 155 x 4, `voxtune synth` + `voxtune prepare
 4. one `voxtune train --epochs 2 --set patch_size=64` on a 4-case and on a 12-case subset of the
    cache: the first epoch's extra data wait (epoch 1 minus epoch 2) and the run's peak RSS.
 
-Writes WORK/loader.json and WORK/loader.md (the README's tables).
+Writes WORK/loader.json and WORK/loader.md (docs/benchmarks.md#loading-a-sample).
 """
 from __future__ import annotations
 
@@ -31,20 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, voxtune
+
 FULL = (240, 240, 155)
-
-
-def _voxtune(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "voxtune.cli", *args], check=True, stdout=subprocess.DEVNULL)
 
 
 def make_cache(work: Path, cases: int) -> Path:
     msd, cache = work / "Task01_BrainTumour", work / "cache"
     if not (msd / "dataset.json").exists():
-        _voxtune("synth", "--out", str(msd), "--cases", str(cases), "--test-cases", "0", "--shape", *map(str, FULL))
+        voxtune("synth", "--out", str(msd), "--cases", str(cases), "--test-cases", "0", "--shape", *map(str, FULL),
+                stdout=subprocess.DEVNULL)
     if not (cache / "manifest.json").exists():
-        _voxtune("prepare", "--source", str(msd), "--out", str(cache), "--workers", "2")
+        voxtune("prepare", "--source", str(msd), "--out", str(cache), "--workers", "2", stdout=subprocess.DEVNULL)
     return cache
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's yardstick: nnU-Net v2's 3d_fullres (nnunetv2 from PyPI, on the CPU) on the synthetic
+# The own-data yardstick (docs/data.md#how-the-default-plan-does): nnU-Net v2's 3d_fullres (nnunetv2 from PyPI, on the CPU) on the synthetic
 # spleen-ct, hippocampus and prostate phantoms, on exactly voxtune's split: it trains on the cases that
 # `voxtune prepare` puts in train, validates on its val cases and is scored (Dice per class) on its test
 # cases; benchmarks/nnunet_baseline.py says how. Trainer nnUNetTrainer_5epochs (5 x 250 iterations).
@@ -12,9 +12,9 @@
 # Creates the nnU-Net venv at $NNUNET_VENV (default .nnunet-venv, ignored by git; ~1.9 GB, ~45 s from
 # PyPI here) when it is missing. Needs a quiet 2-core machine for the seconds; takes ~50 minutes.
 # Writes WORKDIR/<task>/nnunet/result.json (and nnU-Net's own trees and logs beside it) and prints the table.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-nnunet-baseline}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work nnunet-baseline "$@"
 shift $(($# > 0 ? 1 : 0))
 TASKS=("$@")
 [ ${#TASKS[@]} -gt 0 ] || TASKS=(spleen-ct hippocampus prostate)
@@ -25,9 +25,6 @@ NICE=${NICE:-0}                                 # nice -n for nnU-Net's processe
 NNUNET_VENV=${NNUNET_VENV:-.nnunet-venv}
 NNUNETV2=2.8.1
 TORCH=2.13.0  # the CPU build pip finds on this machine; a requirement admitting 2.14+ pulls CUDA's (GBs)
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-PY=${PY:-.venv/bin/python}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
 
 if [ ! -x "$NNUNET_VENV/bin/nnUNetv2_train" ]; then
     t0=$SECONDS

@@ -1,7 +1,7 @@
 """The precise-BN ablation: `voxtune train` with norm bn, precise_bn on against off, nothing else changed.
 
 lr x seed x {on, off}, E epochs each, on one prepared cache. Per run: best and last validation Dice and
-the largest epoch-to-epoch drop after epoch 10; per (lr, arm): the medians over seeds, as the README
+the largest epoch-to-epoch drop after epoch 10; per (lr, arm): the medians over seeds, as docs/benchmarks.md#the-precise-bn-ablation
 shows them. Writes WORK/precise_bn.json and prints the tables.
 
     python benchmarks/precise_bn.py CACHE WORK [--epochs 25] [--lrs 0.001 0.005] [--seeds 0 1 2]

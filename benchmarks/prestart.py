@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_set import make_bench_set, span
+from bench_set import SPACE, make_bench_set
+from common import print_result, results, span
 
-SPACE = {"lr": {"grid": [0.001, 0.005]}, "norm": {"grid": ["bn", "gn"]}}
 VARIANTS = ["experiment", "experiment, no prestart", "data", "data, no prestart", "auto", "auto, no prestart"]
 
 
@@ -46,10 +46,9 @@ def run_one(work: Path, variant: str, seed: int, tag: str) -> None:
     t0 = time.perf_counter()
     summary = run_search(run_dir, settings)
     starts = sorted(json.loads(f.read_text())["start_ts"] for f in (run_dir / "trials").glob("*/trial.json"))
-    print("RESULT " + json.dumps({"variant": variant, "startup_s": summary["startup_s"],
-                                  "first_two_apart_s": starts[1] - starts[0], "wall_s": summary["wall_time_s"],
-                                  "ray_init_s": summary["ray_init_s"], "command_s": time.perf_counter() - t0}),
-          flush=True)
+    print_result({"variant": variant, "startup_s": summary["startup_s"], "first_two_apart_s": starts[1] - starts[0],
+                  "wall_s": summary["wall_time_s"], "ray_init_s": summary["ray_init_s"],
+                  "command_s": time.perf_counter() - t0})
 
 
 def main() -> None:
@@ -64,7 +63,7 @@ def main() -> None:
     if args.variant:
         return run_one(work, args.variant, args.seed, args.tag)
     make_bench_set(work)
-    results: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
+    found: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
     for rep in range(1, args.repeats + 1):
         shift = (rep - 1) % len(VARIANTS)
         for n, variant in enumerate(VARIANTS[shift:] + VARIANTS[:shift]):
@@ -72,15 +71,15 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--work", str(work), "--variant", variant,
                                   "--seed", str(rep), "--tag", f"r{rep}-{n}"],
                                  capture_output=True, text=True, check=True, env=env).stdout
-            r = json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
+            r = next(results(out))
             for key in ("startup_s", "first_two_apart_s", "ray_init_s", "command_s"):
-                results[variant].setdefault(key, []).append(r[key])
+                found[variant].setdefault(key, []).append(r[key])
             print(f"[repeat {rep}] {variant}: start-up {r['startup_s']:.2f} s, first two trials "
                   f"{r['first_two_apart_s']:.2f} s apart, ray.init {r['ray_init_s']:.2f} s, command {r['command_s']:.2f} s", flush=True)
     print(f"\n| search | start-up s, median of {args.repeats} [min-max] | first two trials apart, s | ray.init s "
           "| command s |")
     print("|---|---:|---:|---:|---:|")
-    for variant, got in results.items():
+    for variant, got in found.items():
         print(f"| {variant} | {span(got['startup_s'], 2)} | {span(got['first_two_apart_s'], 2)} | {span(got['ray_init_s'], 2)} "
               f"| {span(got['command_s'], 2)} |")
 

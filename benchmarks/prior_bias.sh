@@ -4,12 +4,9 @@
 # on the 12-case 48^3 phantom set, one `voxtune train` after the other. ~8 minutes on 2 CPU cores.
 #
 #     bash benchmarks/prior_bias.sh [WORKDIR]     (default WORKDIR: prior-bias)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-prior-bias}
-PY=${PY:-.venv/bin/python}
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work prior-bias "$@"
 "$VOXTUNE" synth --out "$WORK/msd" --cases 12 --shape 48 48 48 --seed 0
 "$VOXTUNE" prepare --source "$WORK/msd" --out "$WORK/cache"
 uptime

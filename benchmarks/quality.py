@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import VOXTUNE
+
 HERE = Path(__file__).resolve().parent
 SETTLED = 10  # drops are counted from this epoch on: early epochs of any run swing
 
@@ -82,7 +84,7 @@ def markdown(runs: list[dict]) -> str:
 
 
 def by_config(runs: list[dict]) -> str:
-    """The README's table: one row per (run, lr), every seed's best and last, the largest drop over the
+    """The table of docs/benchmarks.md#quality-against-a-plain-pytorch-loop: one row per (run, lr), every seed's best and last, the largest drop over the
     seeds, the median loop time and statistics share."""
     lines = ["| run | lr | best, seeds " + " / ".join(str(s) for s in sorted({r["seed"] for r in runs}))
              + " | last | largest drop after epoch 10 | loop s (median) | BN statistics share (median) |",
@@ -107,7 +109,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--voxtune", default=str(HERE.parent / ".venv" / "bin" / "voxtune"))
+    ap.add_argument("--voxtune", default=VOXTUNE)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     return args

@@ -15,10 +15,11 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import voxtune
 
 
 def _loop(config):
@@ -52,15 +53,12 @@ def ray_train_fits(workers: int, fits: int, storage: Path) -> list[float]:
 
 
 def voxtune_reuse(workers: int, work: Path) -> list[float]:
-    cli = [sys.executable, "-m", "voxtune.cli"]
-    subprocess.run([*cli, "synth", "--out", str(work / "msd"), "--cases", "8", "--shape", "24", "24", "24"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([*cli, "prepare", "--source", str(work / "msd"), "--out", str(work / "cache")], check=True,
-                   stdout=subprocess.DEVNULL)
+    voxtune("synth", "--out", str(work / "msd"), "--cases", "8", "--shape", "24", "24", "24",
+            stdout=subprocess.DEVNULL)
+    voxtune("prepare", "--source", str(work / "msd"), "--out", str(work / "cache"), stdout=subprocess.DEVNULL)
     (work / "space.yaml").write_text("lr: {grid: [0.001, 0.002, 0.005]}\n")
-    subprocess.run([*cli, "tune", "--cache", str(work / "cache"), "--out", str(work / "run"), "--mode", "data",
-                    "--workers", str(workers), "--space", str(work / "space.yaml"), "--epochs", "1"], check=True,
-                   stdout=subprocess.DEVNULL)
+    voxtune("tune", "--cache", str(work / "cache"), "--out", str(work / "run"), "--mode", "data",
+            "--workers", str(workers), "--space", str(work / "space.yaml"), "--epochs", "1", stdout=subprocess.DEVNULL)
     infos = sorted((json.loads(p.read_text()) for p in (work / "run" / "trials").glob("*/trial.json")),
                    key=lambda i: i["start_ts"])
     return [i["end_ts"] - i["start_ts"] - i["train_time_s"] for i in infos]

@@ -1,19 +1,15 @@
 #!/usr/bin/env bash
-# The README's "same problem under DDP" table: one config trained by one worker on the whole batch and by
+# The "same problem under DDP" table (docs/benchmarks.md#the-same-problem-at-any-k): one config trained by one worker on the whole batch and by
 # 2 DDP ranks (data mode, global-batch: each rank takes half the batch, BatchNorm synchronised over both)
 # must follow each other: train loss per epoch within 2 %, best validation Dice within 0.01. For bn and
 # gn, 2 seeds each, lr 1e-3, batch 4, 6 epochs, on the 12-case 48^3 phantom set. ~10 minutes on 2 cores.
 #
 #     bash benchmarks/same_problem.sh [WORKDIR]      (default WORKDIR: same-problem)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-same-problem}
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-PY=${PY:-.venv/bin/python}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work same-problem "$@"
 uptime
-"$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases 12 --shape 48 48 48 --seed 0
-"$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache"
+bench_phantoms 12 48
 printf 'norm: {grid: [bn, gn]}\nseed: {grid: [0, 1]}\n' > "$WORK/space.yaml"
 common=(--cache "$WORK/cache" --space "$WORK/space.yaml" --epochs 6 --set lr=0.001 --set batch_size=4)
 "$VOXTUNE" tune "${common[@]}" --out "$WORK/one" --mode experiment --workers 1

@@ -3,7 +3,7 @@ validation Dice) and how far that trial's validation Dice moved over its last 3 
 
     python benchmarks/settled.py BENCH_DIR
 
-The README's bench asks for < 0.01 in every search, so that the winner and its Dice are not a snapshot
+The bench (docs/benchmarks.md#which-mode-wins-on-2-cpu-cores) asks for < 0.01 in every search, so that the winner and its Dice are not a snapshot
 of a curve still rising.
 """
 from __future__ import annotations

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
+
+from common import span
 
 PROBE = r"""
 import json, sys, time
@@ -68,9 +69,9 @@ def main() -> None:
     print(f"| part of a trial process's start-up | s, median of {args.repeats} fresh processes [min-max] |")
     print("|---|---:|")
     for name, values in runs.items():
-        print(f"| {name} | {statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}] |")
+        print(f"| {name} | {span(values, 2)} |")
     totals = [sum(v[i] for v in runs.values()) for i in range(args.repeats)]
-    print(f"| **all, one process alone** | {statistics.median(totals):.2f} [{min(totals):.2f}-{max(totals):.2f}] |")
+    print(f"| **all, one process alone** | {span(totals, 2)} |")
 
 
 if __name__ == "__main__":

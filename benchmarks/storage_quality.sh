@@ -5,12 +5,9 @@
 # exactly), compared trial by trial. ~6 minutes on 2 CPU cores.
 #
 #     bash benchmarks/storage_quality.sh [WORKDIR]     (default WORKDIR: storage-quality)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-storage-quality}
-PY=${PY:-.venv/bin/python}
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
-if [ -e "$WORK" ]; then echo "$WORK exists; remove it or pass another folder" >&2; exit 1; fi
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
+bench_work storage-quality "$@"
 "$VOXTUNE" synth --out "$WORK/msd" --cases 12 --shape 48 48 48 --seed 0
 printf 'lr: {grid: [0.001, 0.005]}\nnorm: {grid: [bn, gn]}\n' > "$WORK/space.yaml"
 uptime

@@ -1,4 +1,4 @@
-"""The README's own-data table: voxtune's default plan on the four phantom kinds, three seeds each.
+"""The own-data tables (docs/data.md#how-the-default-plan-does): voxtune's default plan on the four phantom kinds, three seeds each.
 
 Per task (brats, spleen-ct, hippocampus, prostate) and seed r = 0, 1, 2: `voxtune synth --task T --cases 20
 --seed r` at the task's base shape, `voxtune prepare` with every default (the plan it chose, MB stored
@@ -10,7 +10,7 @@ with --nnunet WORKDIR the last table sets the two side by side.
 
     python benchmarks/tasks.py WORKDIR [--epochs E] [--tasks ...] [--seeds ...] [--nnunet NNUNET_WORKDIR]
 
-Prints the tables as the README shows them (medians [min-max] over the seeds).
+Prints the tables as docs/data.md shows them (medians [min-max] over the seeds).
 """
 from __future__ import annotations
 
@@ -23,16 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-VOXTUNE = str(ROOT / ".venv" / "bin" / "voxtune")
+from common import VOXTUNE
+from common import span as _span
+
 SPACE = "lr: {grid: [0.003, 0.01]}\n"
 
 
-def span(values: list[float], fmt: str = "{:.3f}") -> str:
-    """median [min-max] of values, or the one value."""
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+def span(values: list[float], digits: int = 3) -> str:
+    """median [min-max] of values, or the one value (a single seed)."""
+    return _span(values, digits, alone=True)
 
 
 def sh(*args: str, log: Path) -> float:
@@ -100,8 +99,8 @@ def tables(results: list[dict], epochs: int, nnunet: Path | None) -> str:
                 else f"source voxels (BraTS preset)")
         lines.append(f"| {task} | {plan} | {'x'.join(map(str, first['median_shape']))} | "
                      f"{'x'.join(map(str, first['patch'])) if first['patch'] else 'whole volume'} | "
-                     f"{', '.join(first['normalise'])} | {span([r['mb_per_case'] for r in rs], '{:.2f}')} | "
-                     f"{span([r['prepare_s_per_case'] for r in rs], '{:.2f}')} |")
+                     f"{', '.join(first['normalise'])} | {span([r['mb_per_case'] for r in rs], 2)} | "
+                     f"{span([r['prepare_s_per_case'] for r in rs], 2)} |")
     lines += ["", f"{len(results) // len(tasks)} seeds per task; search: lr {{0.003, 0.01}}, {epochs} epochs, "
               "experiment mode on 2 workers; Dice of the best trial (by mean validation Dice).", "",
               "| task | class | s per epoch | best val Dice | test Dice, source grid | predict s per case | "
@@ -109,8 +108,8 @@ def tables(results: list[dict], epochs: int, nnunet: Path | None) -> str:
     for task in tasks:
         rs = [r for r in results if r["task"] == task]
         for i, name in enumerate(rs[0]["names"]):
-            common = (f"{span([r['epoch_s'] for r in rs], '{:.2f}')} | " if i == 0 else " | ")
-            tail = (f" {span([r['predict_s_per_case'] for r in rs], '{:.2f}')} | {span([r['total_s'] for r in rs], '{:.0f}')} |"
+            common = (f"{span([r['epoch_s'] for r in rs], 2)} | " if i == 0 else " | ")
+            tail = (f" {span([r['predict_s_per_case'] for r in rs], 2)} | {span([r['total_s'] for r in rs], 0)} |"
                     if i == 0 else " | |")
             lines.append(f"| {task if i == 0 else ''} | {name} | {common}{span([r['val'][name] for r in rs])} | "
                          f"{span([r['test'][name] for r in rs])} |{tail}")

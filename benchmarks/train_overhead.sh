@@ -5,11 +5,9 @@
 # imports, data loading included); prints both Dice scores and voxtune's share of time waiting for data.
 #
 #     bash benchmarks/train_overhead.sh [WORKDIR]     (default WORKDIR: train-overhead)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$0")/lib.sh" || exit 1
 WORK=${1:-train-overhead}
-PY=${PY:-.venv/bin/python}
-VOXTUNE=${VOXTUNE:-.venv/bin/voxtune}
 rm -rf "$WORK/run"
 [ -f "$WORK/msd/dataset.json" ] || "$VOXTUNE" synth --out "$WORK/msd" --cases 12 --shape 48 48 48 --seed 0
 "$VOXTUNE" prepare --source "$WORK/msd" --out "$WORK/cache"

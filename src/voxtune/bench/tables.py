@@ -1,5 +1,5 @@
 """What `voxtune bench` shows: bench.md (the table, the model's error, the paper's setting) and speedup.png
-(speed-up and best validation Dice against workers). Field names follow the README's timing glossary."""
+(speed-up and best validation Dice against workers). Field names follow docs/tuning.md#timing-fields."""
 from __future__ import annotations
 
 from pathlib import Path

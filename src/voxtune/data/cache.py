@@ -18,7 +18,7 @@ only the box `bbox` (per axis [start, stop)) around its non-background and label
 as nnU-Net crops to the non-zero region: outside it the label is 0 and each image channel holds its
 `background` value (0 for a masked z-score, the normalised 0 of a whole-volume z-score, the normalised
 lower clip of CT), so `read_window` rebuilds any part of the frame exactly. With float16 a full-size BraTS case takes ~79 MB instead of 149 MB
-(benchmarks/cache_format.md).
+(docs/benchmarks.md#storage-formats).
 
 Reads go through memory maps opened per read and closed after it: a window costs the pages it
 touches, and every process on a node shares one copy of the data, the OS page cache.

@@ -242,7 +242,7 @@ def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: di
         "scheduler": settings.scheduler, "searched": searched, "epochs": settings.epochs,
         "folds": make_config(settings.base_config).folds, "trials": len(rows),
         "status": outputs.status_counts(rows), "interrupted": interrupted,
-        # The timing fields, as the README's glossary defines them (every span in seconds):
+        # The timing fields, as docs/tuning.md#timing-fields defines them (every span in seconds):
         "ray_init_s": ray_init_s,
         "search_start_ts": t_search,
         "startup_s": first_epoch - t_search if first_epoch is not None else None,

@@ -6,7 +6,7 @@ optimiser steps per epoch (3D volumes, batch 2) those averages lag the weights, 
 with a Dice loss, whose logits sit close to the threshold, can turn whole volumes to background. So
 the training loop recomputes them with the current weights before every validation and checkpoint
 ("precise BN", Wu & Johnson 2021, *Rethinking "Batch" in BatchNorm*, section 3), unless the config
-says precise_bn: false; benchmarks/precise_bn.sh measures the difference (the README's table).
+says precise_bn: false; benchmarks/precise_bn.sh measures the difference (docs/benchmarks.md#the-precise-bn-ablation).
 """
 from __future__ import annotations
 

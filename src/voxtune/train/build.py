@@ -25,7 +25,7 @@ from voxtune.train.metrics import make_loss
 
 # Training cases (over all ranks) whose batch statistics become the BatchNorm running statistics
 # before each validation and checkpoint (voxtune.train.batchnorm): every case of a small cache, a
-# bounded forward-only pass on a large one (32 of the paper's 339 cases; the README estimates its share
+# bounded forward-only pass on a large one (32 of the paper's 339 cases; docs/training.md#precise-batchnorm-statistics estimates its share
 # of an epoch from benchmarks/cpu_batch.py).
 BN_STATS_CASES = 32
 

@@ -60,7 +60,7 @@ def soft_dice_per_region(logits: torch.Tensor, label: torch.Tensor, smooth: floa
                          softmax: bool = False) -> torch.Tensor:
     """Soft Dice [B, R] of the probabilities against a binary label [B, R, X, Y, Z]:
     (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth), per case. Berral et al.'s code takes the same
-    formula once over the whole batch (README: differences from the paper)."""
+    formula once over the whole batch (docs/training.md#differences-from-the-paper)."""
     p = probabilities(logits, softmax)
     p, y = (p[:, 1:] if softmax else p).flatten(2), label.float().flatten(2)
     return (2 * (p * y).sum(-1) + smooth) / (p.sum(-1) + y.sum(-1) + smooth)
