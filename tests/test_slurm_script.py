@@ -82,7 +82,7 @@ def _fake_slurm(tmp_path: Path, hostname_out: str | None = None) -> tuple[dict[s
         (stub_dir / name).chmod(0o755)
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "VOXTUNE_", "RAY_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "VOXTUNE_", "RAY_")) and k != "TMPDIR"}
     env.update(PATH=f"{stub_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}", HOME=str(home),
                STUB_DIR=str(stub_dir), SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node[1-2]", SLURM_NNODES="2",
                SLURM_CPUS_PER_TASK="2", SLURM_GPUS_ON_NODE="4", VOXTUNE_RAY_PORT="6390", VOXTUNE_STOP_GRACE_S="5")
@@ -169,6 +169,23 @@ def _stop_running_driver(env: dict[str, str], stub_dir: Path, args: list[str], w
         except ProcessLookupError:
             pass
     return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("extra_env, args, stage", [
+    ({"SLURM_TMPDIR": "/local/job"}, [], "--stage $SLURM_TMPDIR/voxtune "),  # unexpanded: each node has its own
+    ({"TMPDIR": "/local/tmp"}, [], "--stage $TMPDIR/voxtune "),
+    ({}, [], ""),  # no node-local directory given: the shared copy
+    ({"SLURM_TMPDIR": "/local/job", "VOXTUNE_STAGE": "0"}, [], ""),
+    ({"SLURM_TMPDIR": "/local/job"}, ["--stage", "/ssd"], ""),  # the user's own, passed on as given
+    ({"SLURM_TMPDIR": "/local/job"}, ["--resume"], ""),  # stages as the search was started
+])
+def test_sbatch_stages_tune_to_the_node_local_directory(extra_env, args, stage, tmp_path):
+    env, stub_dir = _fake_slurm(tmp_path)
+    proc = subprocess.run(["bash", str(SCRIPT), "tune", "--out", "R", *args], env=env | extra_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    driver = _calls(stub_dir)[_index(_calls(stub_dir), "voxtune")]
+    assert driver.split(":6390 ", 1)[1].startswith(f"{stage}--out R {' '.join(args)}".rstrip() + " |"), driver
 
 
 def test_sbatch_time_limit_signal_interrupts_driver_then_stops_ray(tmp_path):

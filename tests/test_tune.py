@@ -101,8 +101,9 @@ def test_each_mode_writes_the_same_outputs(mode, cache_dir, tmp_path):
 
 
 @contextlib.contextmanager
-def _two_node_cluster(tmp_path: Path, port: str):
-    """A head and a worker node of 1 CPU each on this machine, token auth on: (address, env)."""
+def _two_node_cluster(tmp_path: Path, port: str, node_envs: tuple[dict, dict] = ({}, {})):
+    """A head and a worker node of 1 CPU each on this machine, token auth on: (address, env). node_envs:
+    variables of each node's own (what its Ray processes see, as a cluster's nodes see their own $TMPDIR)."""
     ray = shutil.which("ray", path=os.path.dirname(sys.executable))
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
@@ -110,9 +111,10 @@ def _two_node_cluster(tmp_path: Path, port: str):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     start = [ray, "start", "--num-cpus", "1", "--disable-usage-stats"]
     try:
-        subprocess.run([*start, "--head", "--port", port, "--include-dashboard", "false"], env=env, check=True,
+        subprocess.run([*start, "--head", "--port", port, "--include-dashboard", "false"], env=env | node_envs[0],
+                       check=True, capture_output=True)
+        subprocess.run([*start, "--address", f"127.0.0.1:{port}"], env=env | node_envs[1], check=True,
                        capture_output=True)
-        subprocess.run([*start, "--address", f"127.0.0.1:{port}"], env=env, check=True, capture_output=True)
         yield f"127.0.0.1:{port}", env
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
@@ -137,19 +139,32 @@ def test_two_node_cluster_spreads_trials(cache_dir, tmp_path):
 @pytest.mark.slow
 def test_auto_grows_a_trial_across_two_nodes(cache_dir, tmp_path):
     """One trial on two 1-CPU nodes: it takes the other node's worker at its first epoch end, so its
-    grown DDP group spans the nodes (gloo over the loopback addresses)."""
+    grown DDP group spans the nodes (gloo over the loopback addresses). With --stage '$NODE_SCRATCH', a
+    folder of each node's own, each node stages the cache once and each rank reads its own node's copy;
+    the copies are removed at the end."""
     space = tmp_path / "one.yaml"
     space.write_text("lr: {grid: [0.005]}\n")
-    with _two_node_cluster(tmp_path, "6398") as (address, env):
+    scratch = [tmp_path / "scratch-head", tmp_path / "scratch-worker"]
+    node_envs = ({"NODE_SCRATCH": str(scratch[0])}, {"NODE_SCRATCH": str(scratch[1])})
+    with _two_node_cluster(tmp_path, "6398", node_envs) as (address, env):
         run = tmp_path / "run"
         proc = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out",
                                str(run), "--mode", "auto", "--space", str(space), "--epochs", "3", "--workers", "2",
-                               "--set", "batch_size=4", "--auto-regroup-s", "0", "--address", address],
+                               "--set", "batch_size=4", "--auto-regroup-s", "0", "--address", address,
+                               "--stage", "$NODE_SCRATCH"],
                               env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (row,) = _leaderboard(run)
         records = json.loads((run / "trials" / row["trial_id"] / "metrics.json").read_text())
         assert row["status"] == "finished" and [r["workers"] for r in records][:2] == [1, 2]
+    from voxtune.data.stage import stage_folder
+
+    copies = {str(stage_folder(s, cache_dir)) for s in scratch}
+    staging = json.loads((run / "summary.json").read_text())["staging"]
+    assert {s["path"] for s in staging.values()} == copies and all(s["files_copied"] > 0 for s in staging.values())
+    caches = json.loads((run / "trials" / row["trial_id"] / "trial.json").read_text())["caches"]
+    assert caches == sorted(copies)  # the grown group's two ranks, each on its node's copy
+    assert proc.stdout.count("staging ") == 1 and all(not any(s.iterdir()) for s in scratch)  # removed
 
 
 @pytest.mark.parametrize("args, expected", [

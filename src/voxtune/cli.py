@@ -70,8 +70,11 @@ def _train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from voxtune.train.loop import fit
 
+    from voxtune.data.stage import staged
+
     cfg = _train_config(args)
-    summary = fit(cfg, args.cache, args.out, threads=args.threads, log=print)
+    with staged(args.cache, args.stage, args.keep_stage, log=print) as cache:
+        summary = fit(cfg, cache, args.out, threads=args.threads, log=print)
     if "folds" in summary:
         last = summary["metrics"][-1] if summary["metrics"] else {}
         best = (f"cross-validated val_dice {summary['best_val_dice']:.4f} +- {last.get('cv_dice_std', 0.0):.4f} "
@@ -90,12 +93,13 @@ def _search_settings(args: argparse.Namespace):
                           num_samples=args.num_samples, scheduler=args.scheduler, workers=args.workers,
                           workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                           gpus_per_worker=args.gpus_per_worker, base_config=_train_config(args).to_dict(),
-                          ddp_recipe=args.ddp_recipe, auto_regroup_s=args.auto_regroup_s)
+                          ddp_recipe=args.ddp_recipe, auto_regroup_s=args.auto_regroup_s, stage=args.stage,
+                          keep_stage=args.keep_stage)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from voxtune.layout import RunDir
-    from voxtune.parallel.outputs import format_leaderboard
+    from voxtune.parallel.outputs import format_leaderboard, search_lines
     from voxtune.parallel.tune import resume_hint, run_search
 
     if not args.resume and (args.cache is None or args.mode is None):
@@ -110,18 +114,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         reasons = {r["reason"] for r in summary["rows"] if r["reason"]}
         raise VoxtuneError(f"all {summary['trials']} trials failed; "
                            f"{'; '.join(sorted(reasons)) or f'see {RunDir(args.out).leaderboard}'}")
-    counts = ", ".join(f"{n} {'failed' if status == 'error' else status}" for status, n in summary["status"].items())
-    print(f"{summary['trials']} trials: {counts} in {summary['wall_time_s'] or 0:.1f}s "
-          + (f"(auto: {summary['workers']} workers, {summary['grown_trials']} trial(s) grew)" if summary["mode"] == "auto"
-             else f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
-          + (f"; why each failed: {RunDir(args.out).leaderboard}" if summary["status"].get("error") else ""))
-    if summary.get("startup_breakdown"):
-        b = summary["startup_breakdown"]
-        print(f"start-up {b['startup_s']:.1f}s from Ray up to the first epoch: Tune and the trial's process "
-              f"{b['tune_s']:.1f}s, imports (torch, MONAI, torch._dynamo) {b['imports_s']:.1f}s, model, data and checkpoint "
-              f"{b['build_s']:.1f}s, the rest {b['other_s']:.1f}s")
-    run = RunDir(args.out)
-    print(f"outputs: {run.leaderboard}  {run.best.name}  {run.summary.name}  {run.trials_dir.name}/<trial_id>/")
+    print("\n".join(search_lines(summary, args.out)))
     return 0
 
 
@@ -197,6 +190,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions pack trials on one GPU")
     p.add_argument("--address", help="join a running Ray cluster (multi-node), e.g. HEAD_IP:6379")
+
+
+def _stage_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", metavar="DIR", help="read a copy of the cache in this node-local folder ($VARS expand per node)")
+    p.add_argument("--keep-stage", action="store_true", help="leave the staged copy for the next run to reuse")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +273,7 @@ def _training_verbs(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (re-running into it resumes)")
     _config_flags(p, epochs=None)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this process may use)")
+    _stage_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="hyperparameter search on Ray: experiment, data, hybrid or auto parallelism")
@@ -294,6 +293,7 @@ def _training_verbs(sub) -> None:
                         "the trials' own start-up to their first epoch, which a new rank pays too)")
     _search_flags(p)
     _config_flags(p, epochs=None)
+    _stage_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=cmd_tune)
 

@@ -85,10 +85,17 @@ class Rank:
         _join(dist.TCPStore(addr, port, world, False, timeout=_TIMEOUT), rank, world, backend)
         return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id(), os.getpid()
 
-    def fit(self, cfg: dict[str, Any], cache_dir: str, out_dir: str, threads: int) -> int:
+    def fit(self, cfg: dict[str, Any], cache_dir: str, out_dir: str, threads: int,
+            staged: dict[str, str] | None = None) -> int:
         from voxtune.train.loop import fit
 
-        return fit(make_config(cfg), cache_dir, out_dir, threads=threads)["epochs"]
+        return fit(make_config(cfg), self.local_cache(cache_dir, staged), out_dir, threads=threads)["epochs"]
+
+    def local_cache(self, cache_dir: str, staged: dict[str, str] | None) -> str:
+        """The cache this rank reads: its node's staged copy (--stage), or the shared one."""
+        from voxtune.parallel.staging import local_cache
+
+        return local_cache(cache_dir, staged)
 
 
 def failure_of(rank: int, exc: BaseException) -> BaseException:
@@ -141,6 +148,7 @@ class WorkerGroup:
         self.nodes = [ray.util.get_node_ip_address()] if here else [socket.gethostname()]  # rank order
         self.node_ids = [ray.get_runtime_context().get_node_id()] if here else [socket.gethostname()]
         self.pids = [os.getpid()]  # rank order; lets an operator (or a test) find a rank's process
+        self.caches: dict[str, list[str]] = {}  # {out_dir: the caches its fits' ranks read} (--stage)
         if workers > 1:
             pg = ray.util.get_current_placement_group()
             self._start_peers([(pg, i) for i in range(1, workers)])
@@ -196,14 +204,22 @@ class WorkerGroup:
         self.last_resize = {"to": self.workers, "reserve_s": t1 - t0, "peers_s": time.perf_counter() - t1}
         return self.workers
 
-    def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter) -> dict[str, Any]:
-        """Every rank trains `cfg`; rank 0 (this process) reports and writes. Returns rank 0's summary;
-        raises the first failing rank's error (see failure_of)."""
+    def fit(self, cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, report: Reporter,
+            staged: dict[str, str] | None = None) -> dict[str, Any]:
+        """Every rank trains `cfg`, each on its node's staged copy of the cache where `staged` names one;
+        rank 0 (this process) reports and writes. Returns rank 0's summary; raises the first failing
+        rank's error (see failure_of)."""
         self.imports_s += import_loop()
+        from voxtune.parallel.staging import local_cache
         from voxtune.train.loop import fit
 
         threads = max(1, int(self.cpus))
-        futures = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads) for r in self.ranks]
+        read = [local_cache(str(cache_dir), staged)] + (
+            ray.get([r.local_cache.remote(str(cache_dir), staged) for r in self.ranks]) if staged
+            else [str(cache_dir)] * len(self.ranks))
+        self.caches = {str(out_dir): sorted({*self.caches.get(str(out_dir), []), *read})}  # this trial's only
+        futures = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads, staged) for r in self.ranks]
+        cache_dir = read[0]
         watch = _Watch(self, futures)
         if futures:  # (ray.wait would start a Ray instance in a process that has none)
             watch.start()

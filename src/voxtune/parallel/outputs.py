@@ -127,3 +127,21 @@ def format_leaderboard(rows: list[dict[str, Any]], searched: list[str], limit: i
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(cols), *(line(t) for t in table)])
+
+
+def search_lines(summary: dict[str, Any], out: str | Path) -> list[str]:
+    """What `voxtune tune` prints under the leaderboard: the trials' ends, the start-up, the outputs."""
+    run = RunDir(out)
+    counts = ", ".join(f"{n} {'failed' if status == 'error' else status}" for status, n in summary["status"].items())
+    lines = [f"{summary['trials']} trials: {counts} in {summary['wall_time_s'] or 0:.1f}s "
+             + (f"(auto: {summary['workers']} workers, {summary['grown_trials']} trial(s) grew)"
+                if summary["mode"] == "auto"
+                else f"({summary['mode']}: {summary['workers']} workers, {summary['workers_per_trial']} per trial)")
+             + (f"; why each failed: {run.leaderboard}" if summary["status"].get("error") else "")]
+    if summary.get("startup_breakdown"):
+        b = summary["startup_breakdown"]
+        lines.append(f"start-up {b['startup_s']:.1f}s from Ray up to the first epoch: Tune and the trial's process "
+                     f"{b['tune_s']:.1f}s, imports (torch, MONAI, torch._dynamo) {b['imports_s']:.1f}s, model, data and "
+                     f"checkpoint {b['build_s']:.1f}s, the rest {b['other_s']:.1f}s")
+    lines.append(f"outputs: {run.leaderboard}  {run.best.name}  {run.summary.name}  {run.trials_dir.name}/<trial_id>/")
+    return lines

@@ -43,6 +43,7 @@ class TrialPlan:
     folders: dict[str, str]  # {config_key: folder}: a search resumed without Tune's state continues there
     search_id: str  # one per run of the driver: a trial's own error is final within it
     auto_pool: str | None = None  # --mode auto: the named actor that decides every trial's K
+    staged: dict[str, str] = field(default_factory=dict)  # --stage: {node id: its copy of the cache}
 
 
 @dataclass
@@ -64,6 +65,8 @@ class SearchSettings:
     max_failures: int = 3
     ddp_recipe: str | None = None  # None: global-batch, or scale-lr where the config sets scale_lr
     auto_regroup_s: float | None = None  # auto: a regroup's cost until one is measured (None: estimated)
+    stage: str | None = None  # a node-local folder each node copies the cache into (voxtune.data.stage)
+    keep_stage: bool = False  # leave the staged copies in place at the end (a later search reuses them)
 
     def checked(self) -> "SearchSettings":
         """The checked settings: a copy with K and the recipe resolved and the cache path made absolute."""
@@ -71,6 +74,8 @@ class SearchSettings:
             raise VoxtuneError(f"unknown --search '{self.search}'; choose one of {', '.join(SEARCHES)}")
         if self.scheduler not in SCHEDULERS:
             raise VoxtuneError(f"unknown --scheduler '{self.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+        if self.keep_stage and not self.stage:
+            raise VoxtuneError("--keep-stage keeps what --stage DIR copies; without --stage nothing is staged: drop it")
         if self.workers < 1:
             raise VoxtuneError(f"--workers {self.workers}: need at least 1")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
@@ -112,7 +117,8 @@ class SearchSettings:
             raise VoxtuneError("loss batch_dice under --ddp-recipe global-batch: each rank would take one Dice over "
                                "its own part of the batch, not the global batch's, so the trial would not train the "
                                "1-worker problem; use loss dice (per case) or --ddp-recipe scale-lr (the paper's)")
-        checked = replace(self, workers_per_trial=None if self.mode == "auto" else k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()))
+        checked = replace(self, workers_per_trial=None if self.mode == "auto" else k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()),
+                          stage=self.stage if not self.stage or self.stage.startswith(("$", "~")) else str(Path(self.stage).absolute()))
         checked.trial_config()  # a batch the recipe cannot split is refused before anything runs
         return checked
 
@@ -158,8 +164,9 @@ class SearchSettings:
         base = make_config(self.base_config).to_dict()
         return make_config(modes.recipe_config(base, self.per_trial(), self.ddp_recipe))
 
-    def plan(self, run_dir: str | Path, folders: dict[str, str], search_id: str) -> TrialPlan:
-        return TrialPlan(run_dir=str(run_dir), cache_dir=self.cache_dir, config=self.trial_config(),
+    def plan(self, run_dir: str | Path, folders: dict[str, str], search_id: str,
+             staged: dict[str, str] | None = None) -> TrialPlan:
+        return TrialPlan(run_dir=str(run_dir), cache_dir=self.cache_dir, config=self.trial_config(), staged=dict(staged or {}),
                          workers_per_trial=self.per_trial(), cpus=self.cpus_per_worker, gpus=self.gpus_per_worker,
                          searched=tuple(self.trial_space()), folders=dict(folders), search_id=search_id,
                          auto_pool=pool_name(run_dir) if self.mode == "auto" else None)

@@ -195,8 +195,9 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
             _GROUP = WorkerGroup(plan.workers_per_trial, plan.cpus, plan.gpus)
         state.write(out, node_ip=_GROUP.nodes[0], nodes=_GROUP.node_ids, node_ips=_GROUP.nodes,
                     group_id=_GROUP.group_id, pids=_GROUP.pids, setup_s=time.time() - t_start)
-        summary = (_GROUP.fit(cfg, plan.cache_dir, out, report) if pool is None
+        summary = (_GROUP.fit(cfg, plan.cache_dir, out, report, plan.staged) if pool is None
                    else _fit_growing(_GROUP, cfg, plan, out, report, asked, pool, tune_id))
+        state.write(out, caches=_GROUP.caches.get(str(out), []))  # every cache its ranks read (--stage: their nodes')
     except VoxtuneError as exc:
         # The one place a trial's own error ends it, at whatever epoch: recorded, then raised to Tune.
         _drop_group(pool, tune_id)
@@ -273,7 +274,7 @@ def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report,
     regroup, regrouped = asked
     while True:
         k_cfg = make_config(modes.recipe_config(cfg.to_dict(), group.workers, "global-batch"))
-        summary = group.fit(k_cfg, plan.cache_dir, out, report)
+        summary = group.fit(k_cfg, plan.cache_dir, out, report, plan.staged)
         if not regroup:
             return summary
         regrouped[:] = [(time.time(), "regroup")]

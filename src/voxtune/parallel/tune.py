@@ -30,6 +30,7 @@ from voxtune.parallel import outputs, state
 from voxtune.parallel.cluster import init_ray, interrupt_on_stop
 from voxtune.parallel.settings import SearchSettings, pool_name
 from voxtune.parallel.space import count_trials, to_tune
+from voxtune.parallel.staging import stage_nodes, staged_paths, unstage_nodes
 from voxtune.provenance import code_version, git_commit
 
 
@@ -65,7 +66,7 @@ def _folders_by_config(run_dir: Path, searched: list[str]) -> dict[str, str]:
     return found
 
 
-def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
+def _tuner(settings: SearchSettings, run_dir: Path, resume: bool, staged: dict[str, str]):
     """Ray Tune's Tuner for the search (restored from RUN/ray when resuming), and the trial folders it continues (see TrialPlan.folders).
     Each call is one run of the search, with an id of its own: a trial's error is final within it
     (voxtune.parallel.trial.TrialFailed), and a --resume tries the trial again."""
@@ -81,7 +82,7 @@ def _tuner(settings: SearchSettings, run_dir: Path, resume: bool):
     restore = resume and tune.Tuner.can_restore(str(tune_state))
     folders = _folders_by_config(run_dir, list(space)) if resume and not restore else {}
     bundle = {"CPU": settings.cpus_per_worker} | ({"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {})
-    plan = settings.plan(run_dir, folders, search_id=uuid.uuid4().hex)
+    plan = settings.plan(run_dir, folders, search_id=uuid.uuid4().hex, staged=staged)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
                                     tune.PlacementGroupFactory([bundle] * settings.per_trial()))
     if restore:
@@ -177,11 +178,13 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         from voxtune.parallel.trial import quiet_final_errors
 
         quiet_final_errors()
+        staging = stage_nodes(settings.cache_dir, settings.stage) if settings.stage else {}  # before any trial
         pool = _start_pool(settings, run_dir) if settings.mode == "auto" else None  # noqa: F841  (held: a named actor lives while a handle does)
-        tuner, folders = _tuner(settings, run_dir, resume)
+        tuner, folders = _tuner(settings, run_dir, resume, staged_paths(staging))
 
         def write_outputs(results, interrupted: bool) -> dict[str, Any]:
-            return _write_outputs(run_dir, settings, results, folders, interrupted, t_search, t_command, ray_init_s, cluster)
+            return _write_outputs(run_dir, settings, results, folders, interrupted, t_search, t_command, ray_init_s,
+                                  cluster, staging)
 
         def save() -> str:  # on a stop signal, before anything asks Ray, which may be stopping too
             write_outputs([], True)
@@ -194,6 +197,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
             except KeyboardInterrupt:
                 results, interrupted = [], True
             summary = write_outputs(results, interrupted)
+            if staging and not settings.keep_stage and not interrupted:  # an interrupted search's resume reuses them
+                unstage_nodes(settings.cache_dir, settings.stage)
             ray.shutdown()  # within the grace period of a stop
         return summary
     finally:
@@ -222,7 +227,7 @@ def settle_orphaned(run_dir: str | Path, command_time_s: float) -> dict[str, Any
 
 def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: dict[str, str], interrupted: bool,
             t_search: float | None, t_command: float, ray_init_s: float | None,
-            cluster: dict[str, float]) -> dict[str, Any]:
+            cluster: dict[str, float], staging: dict[str, dict] | None = None) -> dict[str, Any]:
     """Settle the trials, then write leaderboard.csv, best.json (not when interrupted) and summary.json;
     returns the summary with the leaderboard's rows. Asks Ray nothing but the best trial's test score.
     t_search None: the search's start is unknown (settle_orphaned), and so are the spans measured from it."""
@@ -252,7 +257,7 @@ def _write_outputs(run_dir: Path, settings: SearchSettings, results, folders: di
         "nodes": len({n for r in rows for n in r["nodes"].split(";") if n}),
         "best_trial": best["trial_id"] if best else None,
         "grown_trials": sum(isinstance(r["workers"], str) and "@" in r["workers"] for r in rows),
-        "cluster": cluster, "code_version": code_version(), "git_commit": git_commit(),
+        "cluster": cluster, "staging": staging or {}, "code_version": code_version(), "git_commit": git_commit(),
     }
     write_json(RunDir(run_dir).summary, summary)
     summary["rows"] = rows

@@ -1,0 +1,60 @@
+"""`tune --stage DIR` on Ray: one stager per node, before the first trial; every process reads its node's copy.
+
+The driver asks Ray for its alive nodes (ray.nodes(): no cluster view of our own) and runs one task
+pinned to each (NodeAffinitySchedulingStrategy, soft=False), all at once, so nodes stage in parallel;
+the task expands DIR's $VARS on its node ($TMPDIR, $SLURM_TMPDIR) and calls voxtune.data.stage. The
+nodes' answers ({node id: staged folder}) travel in the TrialPlan; a trial's rank 0 and every DDP peer
+look up their own node (ray.get_runtime_context().get_node_id()) and read the shared cache where their
+node has no copy (a node that joined later, or one short of space: its note says so in summary.json).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from voxtune.data.stage import stage_cache, unstage
+
+
+def _on_each_node(fn, *args) -> dict[str, Any]:
+    """fn(*args) once on every alive node, in parallel: {node id: its result}. Errors are raised."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    futures = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args)
+               for node in nodes]
+    return dict(zip(nodes, ray.get(futures)))
+
+
+def _stage_here(cache_dir: str, dest: str) -> dict[str, Any]:
+    import ray
+
+    return stage_cache(cache_dir, dest, node=ray.util.get_node_ip_address()).to_dict()
+
+
+def stage_nodes(cache_dir: str, dest: str, log=print) -> dict[str, dict[str, Any]]:
+    """Stage the cache on every node; {node id: Staged as a dict}, one line per node logged."""
+    log(f"staging {cache_dir} into {dest} on every node (one copy per node, each file checked as it lands)")
+    done = _on_each_node(_stage_here, cache_dir, dest)
+    for staged in done.values():
+        log(f"stage {staged['node']}: {staged['note']} in {staged['seconds']:.1f}s")
+    return done
+
+
+def unstage_nodes(cache_dir: str, dest: str) -> None:
+    """Remove the staged copies on every node (--keep-stage skips this)."""
+    _on_each_node(unstage, cache_dir, dest)
+
+
+def staged_paths(staging: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{node id: staged folder} of the nodes that staged."""
+    return {node: s["path"] for node, s in staging.items() if s.get("path")}
+
+
+def local_cache(shared: str, staged: dict[str, str] | None) -> str:
+    """The cache this process reads: its node's staged copy, or the shared one."""
+    if not staged:
+        return shared
+    import ray
+
+    return staged.get(ray.get_runtime_context().get_node_id(), shared)
