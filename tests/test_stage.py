@@ -127,3 +127,18 @@ def test_keep_stage_without_stage_is_refused(cache_dir, tmp_path, capsys):
     assert main(["tune", "--cache", str(cache_dir), "--out", str(tmp_path / "run"), "--mode", "experiment",
                  "--keep-stage"]) == 2
     assert "without --stage" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_search_staging_a_damaged_cache_stops_with_one_line(cache_copy, tmp_path, capsys):
+    rel = _files(read_manifest(cache_copy))[0]
+    data = bytearray((cache_copy / rel).read_bytes())
+    data[-1] ^= 0xFF  # found by the staging, before any trial opens the file
+    (cache_copy / rel).write_bytes(bytes(data))
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {grid: [0.003]}\n")
+    assert main(["tune", "--cache", str(cache_copy), "--out", str(tmp_path / "run"), "--mode", "experiment",
+                 "--space", str(space), "--epochs", "1", "--stage", str(tmp_path / "local")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum does not match the manifest while staging" in err[0] and rel.split("/")[-1] in err[0]
+    assert not (tmp_path / "run" / "trials").exists() or not any((tmp_path / "run" / "trials").iterdir())

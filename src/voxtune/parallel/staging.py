@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from voxtune.data.stage import stage_cache, unstage
+from voxtune.errors import VoxtuneError
 
 
 def _on_each_node(fn, *args) -> dict[str, Any]:
@@ -23,7 +24,12 @@ def _on_each_node(fn, *args) -> dict[str, Any]:
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
     futures = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args)
                for node in nodes]
-    return dict(zip(nodes, ray.get(futures)))
+    try:
+        return dict(zip(nodes, ray.get(futures)))
+    except ray.exceptions.RayTaskError as exc:  # its own one line (a damaged shared file), not Ray's traceback
+        if isinstance(exc.cause, VoxtuneError):
+            raise VoxtuneError(str(exc.cause)) from None
+        raise
 
 
 def _stage_here(cache_dir: str, dest: str) -> dict[str, Any]:
