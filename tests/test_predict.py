@@ -132,3 +132,39 @@ def test_bad_inputs_exit_2(regions_run, msd_dir, tmp_path, capsys):
         assert main(["predict", *argv]) == 2, argv
         err = _one_line_error(capsys)
         assert err.startswith("voxtune predict: error: ") and expected in err, err
+
+
+class _Recorder(torch.nn.Module):
+    """Keeps the input it is given; predicts background everywhere (softmax over background + 1 class)."""
+    divisor = 8
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.seen = None
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return torch.cat([torch.ones_like(x[:, :1]), torch.zeros_like(x[:, :1])], 1) + self.anchor
+
+
+def test_predict_pads_each_channel_with_its_background_as_validation_does():
+    """A whole-volume z-score leaves the source's 0 at -mean/std, and the cache fills a frame's padding with
+    that value (read_window): predict must feed the network the same padding, not 0 (a padding the network
+    never saw once moved a hippocampus's every voxel into one class)."""
+    from voxtune.data.preprocess import preprocess
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(1, 2, (10, 12, 9, 1)).astype(np.float32)
+    prep = {"preset": "auto", "labels": "classes", "regions": ["a"], "label_values": [1], "shape": None,
+            "spacing": [1.0, 1.0, 1.0], "coarse_axis": None, "crop_z": None, "image_dtype": "float32",
+            "normalise": [{"scheme": "volume"}]}
+    state = {"prepare": prep, "config": {"patch_size": None}, "regions": ["a"], "in_channels": 1, "softmax": True}
+    model = _Recorder()
+    predict_volume(model, state, image)
+    x, _, background = preprocess(image, None, (1.0, 1.0, 1.0), prep)
+    assert model.seen.shape[2:] == (16, 16, 16) and background[0] < -1
+    np.testing.assert_allclose(model.seen[0, 0, :10, :12, :9].numpy(), x[0], rtol=1e-6)
+    pad = model.seen[0, 0].numpy().copy()
+    pad[:10, :12, :9] = background[0]
+    np.testing.assert_allclose(pad, background[0], rtol=1e-6)  # every padded voxel is the background's value

@@ -161,13 +161,13 @@ def predict_volume(model, state: dict, image: np.ndarray, spacing=(1.0, 1.0, 1.0
 
     prep = prepare_settings(state, image.shape[-1])
     softmax = bool(state.get("softmax", False))
-    x, _, _ = preprocess(image, None, spacing, prep)
+    x, _, background = preprocess(image, None, spacing, prep)
     prepared = x.shape[1:]
     # The values training saw: the cache stores images in this dtype (float16 by default).
     x = x.astype(prep.get("image_dtype") or "float32").astype(np.float32)
     models = model if isinstance(model, list) else [model]
     device = next(models[0].parameters()).device
-    batch = torch.from_numpy(pad_to_divisor(x, models[0].divisor))[None].to(device)  # as validation pads
+    batch = torch.from_numpy(pad_to_divisor(x, models[0].divisor, background))[None].to(device)  # as validation pads
     patch = state.get("patch_size", state["config"].get("patch_size"))
     with torch.no_grad():
         probs = torch.stack([probabilities(infer(m, batch, patch, overlap=overlap), softmax) for m in models]).mean(0)

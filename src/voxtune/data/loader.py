@@ -38,11 +38,17 @@ def divisible(shape: Sequence[int], divisor: int | Sequence[int]) -> list[int]:
     return [-(-int(n) // d) * d for n, d in zip(shape, per_axis(divisor))]
 
 
-def pad_to_divisor(array: np.ndarray, divisor: int | Sequence[int]) -> np.ndarray:
-    """Zero-pad the last three axes of [C, X, Y, Z] at the end to multiples of `divisor`, as
-    CaseDataset pads whole volumes (predict pads its input the same way)."""
+def pad_to_divisor(array: np.ndarray, divisor: int | Sequence[int], background: Sequence[float] | None = None
+                   ) -> np.ndarray:
+    """Pad the last three axes of [C, X, Y, Z] at the end to multiples of `divisor`, each channel with
+    its `background` value (default 0), as CaseDataset pads whole volumes (read_window fills past the
+    frame with the background); predict pads its input the same way."""
     extra = [t - n for t, n in zip(divisible(array.shape[-3:], divisor), array.shape[-3:])]
-    return np.pad(array, [(0, 0)] + [(0, e) for e in extra]) if any(extra) else array
+    if not any(extra):
+        return array
+    if background is None or not any(background):
+        return np.pad(array, [(0, 0)] + [(0, e) for e in extra])
+    return np.stack([np.pad(c, [(0, e) for e in extra], constant_values=v) for c, v in zip(array, background)])
 
 
 class CaseDataset(Dataset):
