@@ -9,6 +9,7 @@ imports). Seed 0 is the data benchmarks/nnunet_baseline.sh gives nnU-Net (same c
 with --nnunet WORKDIR the last table sets the two side by side.
 
     python benchmarks/tasks.py WORKDIR [--epochs E] [--tasks ...] [--seeds ...] [--nnunet NNUNET_WORKDIR]
+    python benchmarks/tasks.py WORKDIR --repredict [--nnunet ...]   (predict again on WORKDIR's searches)
 
 Prints the tables as docs/data.md shows them (medians [min-max] over the seeds).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,10 +46,42 @@ def sh(*args: str, log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def one(work: Path, task: str, seed: int, epochs: int) -> dict:
-    """synth -> prepare -> search -> predict of one task and seed; everything the tables need."""
+def predict_test(out: Path, names: list[str]) -> tuple[list[str], dict[str, list[float]], list[float]]:
+    """Predict every test-split case of OUT's cache with OUT/run's best trial, against its label on the
+    source grid: (case ids, {class: Dice per case}, seconds per case)."""
     from voxtune.predict import predict
 
+    msd, manifest = out / "msd", json.loads((out / "cache" / "manifest.json").read_text())
+    meta = json.loads((msd / "dataset.json").read_text())
+    by_id = {e["image"].rsplit("/", 1)[-1].split(".nii")[0]: e for e in meta["training"]}
+    test = [c["id"] for c in manifest["cases"] if c["split"] == "test"]
+    dice: dict[str, list[float]] = {n: [] for n in names}
+    predict_s = []
+    for cid in test:
+        t0 = time.perf_counter()
+        (record,) = predict(run=out / "run", source=msd / by_id[cid]["image"], out=out / "predicted",
+                            label=msd / by_id[cid]["label"])
+        predict_s.append(time.perf_counter() - t0)
+        for n in names:
+            dice[n].append(record[f"dice_{n}"])
+    return test, dice, predict_s
+
+
+def repredict(work: Path, results: list[dict]) -> list[dict]:
+    """--repredict: the predict step again on WORK's finished searches (after a change to predict alone):
+    test Dice and predict seconds replaced, the total's predict part too; training is not rerun."""
+    for r in results:
+        out = work / r["task"] / f"seed{r['seed']}"
+        shutil.rmtree(out / "predicted", ignore_errors=True)
+        _, dice, predict_s = predict_test(out, r["names"])
+        r["total_s"] += sum(predict_s) - r["predict_s_per_case"] * r["test_cases"]
+        r.update(test={n: statistics.fmean(v) for n, v in dice.items()}, predict_s_per_case=statistics.fmean(predict_s))
+        print(f"{r['task']} seed {r['seed']}: test Dice {r['test']} (predicted again)", flush=True)
+    return results
+
+
+def one(work: Path, task: str, seed: int, epochs: int) -> dict:
+    """synth -> prepare -> search -> predict of one task and seed; everything the tables need."""
     out = work / task / f"seed{seed}"
     out.mkdir(parents=True)
     msd, cache, run = out / "msd", out / "cache", out / "run"
@@ -63,18 +97,7 @@ def one(work: Path, task: str, seed: int, epochs: int) -> dict:
     with open(run / "leaderboard.csv", newline="") as f:
         best = next(csv.DictReader(f))
     records = json.loads((run / "trials" / best["trial_id"] / "metrics.json").read_text())
-    meta = json.loads((msd / "dataset.json").read_text())
-    by_id = {e["image"].rsplit("/", 1)[-1].split(".nii")[0]: e for e in meta["training"]}
-    test = [c["id"] for c in manifest["cases"] if c["split"] == "test"]
-    dice = {n: [] for n in names}
-    predict_s = []
-    for cid in test:
-        t0 = time.perf_counter()
-        (record,) = predict(run=run, source=msd / by_id[cid]["image"], out=out / "predicted",
-                            label=msd / by_id[cid]["label"])
-        predict_s.append(time.perf_counter() - t0)
-        for n in names:
-            dice[n].append(record[f"dice_{n}"])
+    test, dice, predict_s = predict_test(out, names)
     cases = manifest["cases"]
     return {"task": task, "seed": seed, "names": names, "spacing": manifest["spacing"], "shape": manifest["shape"],
             "patch": manifest["plan"]["patch_size"], "median_shape": manifest["plan"]["median_shape"],
@@ -138,7 +161,14 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["brats", "spleen-ct", "hippocampus", "prostate"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--nnunet", type=Path, help="WORKDIR of benchmarks/nnunet_baseline.sh")
+    parser.add_argument("--repredict", action="store_true",
+                        help="predict again on WORK's finished searches (WORK/results.json) and print the tables")
     args = parser.parse_args()
+    if args.repredict:
+        results = repredict(args.work, json.loads((args.work / "results.json").read_text()))
+        (args.work / "results.json").write_text(json.dumps(results, indent=1))
+        print(tables(results, args.epochs, args.nnunet))
+        return
     if args.work.exists():
         sys.exit(f"{args.work} exists; remove it or pass another folder")
     results = []
