@@ -277,7 +277,7 @@ def test_peer_dying_as_tune_tears_down_a_stopped_trial_is_not_an_error(tmp_path,
     class TornDownGroup:
         nodes, node_ids, group_id, pids = ["n0", "n1"], ["id0", "id1"], "g", [1, 2]
 
-        def fit(self, cfg, cache_dir, out_dir, report):
+        def fit(self, cfg, cache_dir, out_dir, report, staged=None):
             assert report({"epoch": 1, "val_dice": 0.4}) is True  # told to stop
             raise ray.exceptions.RayActorError()  # the peer, killed with the placement group
 
@@ -307,7 +307,7 @@ def test_a_stop_is_on_disk_before_the_ranks_are_told_to_leave(tmp_path, monkeypa
     class KilledGroup:
         nodes, node_ids, group_id, pids = ["n0"], ["id0"], "g", [1]
 
-        def fit(self, cfg, cache_dir, out_dir, report):
+        def fit(self, cfg, cache_dir, out_dir, report, staged=None):
             records = []
             for epoch, stop in ((1, False), (2, True)):  # as fit does: metrics.json first, then report
                 records.append({"epoch": epoch, "val_dice": 0.5, "epoch_time_s": 1.0})
