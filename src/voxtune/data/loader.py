@@ -46,9 +46,8 @@ def pad_to_divisor(array: np.ndarray, divisor: int | Sequence[int], background: 
     extra = [t - n for t, n in zip(divisible(array.shape[-3:], divisor), array.shape[-3:])]
     if not any(extra):
         return array
-    if background is None or not any(background):
-        return np.pad(array, [(0, 0)] + [(0, e) for e in extra])
-    return np.stack([np.pad(c, [(0, e) for e in extra], constant_values=v) for c, v in zip(array, background)])
+    fill = background if background is not None else [0.0] * len(array)
+    return np.stack([np.pad(c, [(0, e) for e in extra], constant_values=v) for c, v in zip(array, fill)])
 
 
 class CaseDataset(Dataset):

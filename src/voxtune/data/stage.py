@@ -36,6 +36,7 @@ from voxtune.errors import VoxtuneError
 from voxtune.files import TMP_MARK
 
 PREFIX = "voxtune-stage-"
+KEEP_WITHOUT_STAGE = "--keep-stage keeps what --stage DIR copies; without --stage nothing is staged: drop it"
 _CHUNK = 1 << 22
 _SPARE = 64 << 20  # bytes left free on the node's disk beyond the copy (logs, checkpoints' temp files)
 
@@ -166,7 +167,7 @@ def staged(cache_dir: str, dest: str | None, keep: bool = False, log=print) -> I
     """`train --stage DIR`: the cache to read, this machine's staged copy where it could be made (removed
     on the way out unless keep), else the shared one."""
     if keep and not dest:
-        raise VoxtuneError("--keep-stage keeps what --stage DIR copies; without --stage nothing is staged: drop it")
+        raise VoxtuneError(KEEP_WITHOUT_STAGE)
     if not dest:
         yield cache_dir
         return

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from voxtune.config import TrainConfig, make_config
+from voxtune.data.stage import KEEP_WITHOUT_STAGE
 from voxtune.errors import VoxtuneError
 from voxtune.parallel import modes
 from voxtune.parallel.space import count_trials, load_space, validate_space
@@ -75,7 +76,7 @@ class SearchSettings:
         if self.scheduler not in SCHEDULERS:
             raise VoxtuneError(f"unknown --scheduler '{self.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
         if self.keep_stage and not self.stage:
-            raise VoxtuneError("--keep-stage keeps what --stage DIR copies; without --stage nothing is staged: drop it")
+            raise VoxtuneError(KEEP_WITHOUT_STAGE)
         if self.workers < 1:
             raise VoxtuneError(f"--workers {self.workers}: need at least 1")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
