@@ -213,6 +213,29 @@ def test_out_holding_another_search_is_refused(cache_dir, tmp_path, capsys):
     assert (run / "leaderboard.csv").read_text() == "keep me"
 
 
+def test_resume_refuses_flags_that_differ_from_the_saved_search(cache_dir, tmp_path, capsys):
+    """search.json decides a resumed search: a flag asking for something else would be silently ignored, so
+    it is refused, naming it; the same command repeated with --resume (same values) goes through."""
+    from voxtune.cli import _resume_conflicts, build_parser
+    from voxtune.parallel.settings import SearchSettings
+    from voxtune.parallel.space import PAPER_SPACE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = SearchSettings(cache_dir=str(cache_dir), mode="experiment", space=PAPER_SPACE, workers=2,
+                           base_config={"epochs": 3}, stage=str(tmp_path / "local")).checked()
+    (run / "search.json").write_text(json.dumps(asdict(saved)))
+    rc = main(["tune", "--out", str(run), "--resume", "--mode", "data", "--stage", str(tmp_path / "other")])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "--mode, --stage" in line and "search.json" in line
+    same = ["tune", "--out", str(run), "--resume", "--cache", str(cache_dir), "--mode", "experiment", "--workers", "2",
+            "--epochs", "3", "--stage", str(tmp_path / "local"), "--address", "10.0.0.1:6379"]
+    assert _resume_conflicts(build_parser().parse_args(same)) == []
+    assert set(_resume_conflicts(build_parser().parse_args(same + ["--epochs", "4", "--set", "lr=0.5"]))) == {
+        "--epochs", "--set"}
+
+
 def test_missing_cache_is_one_line(tmp_path, capsys):
     rc = main(["tune", "--cache", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--mode", "data"])
     assert rc == 2

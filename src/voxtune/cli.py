@@ -11,48 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from voxtune.data.plan import LABEL_MODES, PRESETS
-from voxtune.data.synthetic import TASKS
+from voxtune.data.commands import data_verbs
 from voxtune.errors import VoxtuneError
 from voxtune.parallel.modes import DEFAULT_RECIPE, HYBRID_K, RECIPES
 from voxtune.supervise import CHILD_ENV
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from voxtune.data.synthetic import make_dataset
-
-    root = make_dataset(args.out, cases=args.cases, shape=args.shape, seed=args.seed,
-                        test_cases=args.test_cases, task=args.task)
-    print(f"synthetic MSD dataset: {root}")
-    return 0
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from voxtune.data.prepare import prepare
-
-    result = prepare(args.source, args.out, shape=args.shape, labels=args.labels,
-                     split=tuple(args.split), seed=args.seed, workers=args.workers,
-                     max_voxels=args.max_voxels, image_dtype=args.dtype, normalise=args.normalise,
-                     spacing=args.spacing, crop_z=args.crop_z, preset=args.preset, log=print)
-    print(result.summary())
-    return 0 if result.ok else 1
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from voxtune.data.cache import verify_cache
-
-    checked, failed = verify_cache(args.cache)
-    print(f"verified {checked} cases of {args.cache}: {checked - len(failed)} match their checksums, "
-          f"{len(failed)} do not" + ("; re-run `voxtune prepare` to rewrite them" if failed else ""))
-    return 1 if failed else 0
-
-
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from voxtune.viz import visualize
-
-    path = visualize(args.cache, args.case, args.out)
-    print(f"wrote {path}")
-    return 0
 
 
 def _train_config(args: argparse.Namespace):
@@ -97,6 +59,32 @@ def _search_settings(args: argparse.Namespace):
                           keep_stage=args.keep_stage)
 
 
+RESUME_KEEPS = {"verb", "func", "out", "resume", "address"}  # what `tune --resume` may take: where and which cluster
+
+
+def _resume_conflicts(args: argparse.Namespace) -> list[str]:
+    """The flags of a `tune --resume` that ask for something other than the saved search (its search.json
+    decides: a flag repeated with its saved value is fine, any other would be silently ignored)."""
+    from voxtune.config import load_config, parse_overrides
+    from voxtune.parallel.space import load_space
+    from voxtune.parallel.tune import saved_settings
+
+    defaults = vars(build_parser().parse_args(["tune", "--out", args.out]))
+    given = {k: v for k, v in vars(args).items() if k not in RESUME_KEEPS and v != defaults[k]}
+    if not given:
+        return []
+    saved = saved_settings(args.out)
+    base = saved.base_config
+    same = {"cache": lambda v: str(Path(v).resolve()) == saved.cache_dir,
+            "space": lambda v: load_space(v) == saved.space,
+            "stage": lambda v: saved.stage in (v, str(Path(v).absolute())),
+            "config": lambda v: load_config(v, parse_overrides(args.set)).to_dict() == base,
+            "set": lambda v: all(base.get(k) == x for k, x in parse_overrides(v).items()),
+            "epochs": lambda v: base.get("epochs") == v, "folds": lambda v: base.get("folds") == v}
+    return [f"--{k.replace('_', '-')}" for k, v in given.items()
+            if not (same[k](v) if k in same else getattr(saved, k) == v)]
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from voxtune.layout import RunDir
     from voxtune.parallel.outputs import format_leaderboard, search_lines
@@ -104,6 +92,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if not args.resume and (args.cache is None or args.mode is None):
         raise VoxtuneError("--cache and --mode are required (or --resume to continue the search in --out)")
+    if args.resume and (given := _resume_conflicts(args)):
+        raise VoxtuneError(f"--resume continues the search as {RunDir(args.out).search} saved it; {', '.join(given)} "
+                           "differ from it and would be ignored: drop them (or start a new search in another --out)")
     settings = None if args.resume else _search_settings(args)
     summary = run_search(args.out, settings, address=args.address, resume=args.resume)
     print(format_leaderboard(summary["rows"], summary["searched"]))
@@ -202,68 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="voxtune",
         description="Distributed hyperparameter tuning for 3D medical image segmentation.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    _data_verbs(sub)
+    data_verbs(sub)
     _training_verbs(sub)
     _result_verbs(sub)
     return parser
-
-
-def _data_verbs(sub) -> None:
-    """MSD data in, cache out: synth, prepare, verify, visualize."""
-    p = sub.add_parser("synth", help="write a synthetic dataset of phantoms in the MSD layout")
-    p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--task", default="brats", choices=TASKS,
-                   help="brats (Task01: 4 MRI modalities, nested tumour labels; default), spleen-ct (CT in HU, one "
-                        "class), hippocampus (MRI, two classes, small crops), prostate (T2 + ADC, two classes, "
-                        "anisotropic spacing); all but brats vary in size and spacing case to case")
-    p.add_argument("--cases", type=int, default=12, help="labelled cases (default 12)")
-    p.add_argument("--test-cases", type=int, default=2, help="unlabelled imagesTs cases (default 2)")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="base shape in voxels (default: brats 48 48 48, the others the task's own)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("prepare", help="preprocess an MSD dataset into a training cache")
-    p.add_argument("--source", required=True, help="MSD task folder holding dataset.json")
-    p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--preset", choices=PRESETS,
-                   help="brats: the paper's pipeline (Z cropped [2:-1], no resampling, brain z-score, tumour "
-                        "labels); auto: plan from the data (nnU-Net style). Default: brats when dataset.json's "
-                        "labels are MSD Task01's, auto otherwise")
-    p.add_argument("--labels", choices=LABEL_MODES,
-                   help="classes: one channel per label of dataset.json (softmax; default for every task but "
-                        "BraTS); binary: all foreground as one (BraTS: whole tumour; its default); regions: BraTS's "
-                        "WT, TC, ET")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="resample every case to this voxel size in mm (default: the plan's target spacing; "
-                        "brats: each case's own grid)")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="resize every case to this shape instead, whatever its spacing")
-    p.add_argument("--crop-z", type=int, nargs=2, metavar=("START", "END"),
-                   help="drop slices at the start and end of Z (default: brats 2 1, the paper's [2:-1]; else none)")
-    p.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
-                   default=[0.7, 0.15, 0.15])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="cases prepared in parallel")
-    p.add_argument("--max-voxels", type=int, default=64_000_000,
-                   help="refuse volumes with more voxels per channel than this")
-    p.add_argument("--dtype", default="float16", help="image storage: float16 (default, half the bytes) or float32")
-    p.add_argument("--normalise", nargs="+", metavar="SCHEME",
-                   help="one for every channel or one per channel: auto (ct for CT, brain where the background "
-                        "is 0, else volume; the default but for brats), ct (clip to the foreground's 0.5-99.5 "
-                        "percentiles, z-score by its mean and std), brain (z-score over non-zero voxels; brats's "
-                        "default), volume (over every voxel: the paper's, for --config paper)")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("verify", help="check every file of a prepared cache against its sha256")
-    p.add_argument("--cache", required=True)
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("visualize", help="picture of a cached case: PNG (modalities + label) or GIF sweep")
-    p.add_argument("--cache", required=True)
-    p.add_argument("--case", required=True, help="case id, e.g. BRATS_001")
-    p.add_argument("--out", required=True, help="FILE.png or FILE.gif")
-    p.set_defaults(func=cmd_visualize)
 
 
 def _training_verbs(sub) -> None:

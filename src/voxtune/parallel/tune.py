@@ -53,6 +53,11 @@ def _search_settings(run_dir: Path, settings: SearchSettings | None, resume: boo
     return settings
 
 
+def saved_settings(run_dir: str | Path) -> SearchSettings:
+    """The settings a search in RUN was started with (its search.json), checked."""
+    return _search_settings(Path(run_dir), None, resume=True)
+
+
 def _folders_by_config(run_dir: Path, searched: list[str]) -> dict[str, str]:
     """{searched values: folder} of the trials already in RUN: a search resumed without Tune's own state
     (killed before Tune first saved it) gives its trials new ids, and they continue in these folders."""
