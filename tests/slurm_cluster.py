@@ -120,6 +120,12 @@ class SlurmCluster:
                                 f"--log-file={self.root / 'log' / 'munged.log'}",
                                 f"--seed-file={self.root / 'munged.seed'}", "--origin=127.0.0.1"])
         self._wait(lambda: self.socket.exists(), 10, "munged did not create its socket", "munged")
+        # Each node's own temporary directory, as a site's prolog or job_container/tmpfs gives one: the
+        # launcher stages the cache there (a TaskProlog's `export` lines reach every task of the node).
+        prolog = self.root / "task_prolog.sh"
+        prolog.write_text(f'#!/bin/sh\nd="{self.root}/node-tmp/$SLURMD_NODENAME"\nmkdir -p "$d"\n'
+                          'echo "export SLURM_TMPDIR=$d"\n')
+        prolog.chmod(0o755)
         self.conf.write_text(self._slurm_conf())
         self._daemon("slurmctld", [_which("slurmctld"), "-D", "-i"])
         for node in NODES:
@@ -149,6 +155,7 @@ class SlurmCluster:
             # No systemd, no cgroups: processes are tracked by parentage, tasks are not bound.
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
+            f"TaskProlog={r}/task_prolog.sh",
             "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
@@ -168,6 +175,10 @@ class SlurmCluster:
             f"PartitionName=test Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP",
         ]
         return "\n".join(lines) + "\n"
+
+    def node_tmp(self, node: str) -> Path:
+        """The node's $SLURM_TMPDIR (see the TaskProlog in _start)."""
+        return self.root / "node-tmp" / node
 
     def _daemon(self, name: str, argv: list[str]) -> None:
         with open(self.root / "log" / f"{name}.out", "wb") as out:

@@ -6,12 +6,13 @@ import os
 from dataclasses import asdict
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from voxtune.bench import benchmark as B
-from voxtune.bench.benchmark import anytime, bench_space, default_target, plan_runs
+from voxtune.bench.benchmark import anytime, bench_space, default_target, plan_runs, search_dirs
 from voxtune.bench.record import time_to_target
 from voxtune.parallel.modes import recipe_config
 from voxtune.bench.tables import bench_markdown, write_plot
@@ -144,13 +145,15 @@ def test_runs_are_reused_only_for_the_same_settings_and_code(tmp_path, monkeypat
 @pytest.mark.slow
 def test_bench_end_to_end(cache_dir, tmp_path):
     """2 trials x 2 epochs, experiment and data (global batch) at 1 and 2 workers: 3 Ray searches; then the
-    same command again reuses all of them. Runs the real command in a subprocess, as a user would."""
+    same command again reuses all of them. Runs the real command in a subprocess, as a user would. With
+    --stage: the bench stages the cache once, before its first search; each search reuses that copy by its
+    verified record (no copy, no hashing inside a timed search) and every rank reads it; removed at the end."""
     out = tmp_path / "bench"
     # A private Ray instance: without RAY_ADDRESS=local, ray.init() joins any cluster started on this box.
     env = {**os.environ, "RAY_ADDRESS": "local"}
     cmd = [sys.executable, "-m", "voxtune.cli", "bench", "--cache", str(cache_dir), "--out", str(out), "--workers",
            "1", "2", "--modes", "experiment", "data", "--trials", "2", "--epochs", "2", "--set", "filter_start=4",
-           "--set", "lr=0.005"]
+           "--set", "lr=0.005", "--stage", str(tmp_path / "local")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[bench ") == 6  # a start and an end line for each of the 3 searches
@@ -179,6 +182,14 @@ def test_bench_end_to_end(cache_dir, tmp_path):
     assert (out / "speedup.png").stat().st_size > 1000
     assert "| data (global-batch) | 2 |" in (out / "bench.md").read_text()
     assert not (out / "runs" / "data-w1-r1").exists()  # the 1-worker run is shared, not repeated
+    [staged] = settings["staging"].values()
+    assert staged["files_copied"] > 0 and Path(staged["path"]).parent == tmp_path / "local"
+    for run in search_dirs(out):
+        [reuse] = json.loads((run / "summary.json").read_text())["staging"].values()
+        assert reuse["files_copied"] == 0 and "as last verified" in reuse["note"], reuse
+        for trial in run.glob("trials/*/trial.json"):
+            assert set(json.loads(trial.read_text())["caches"]) == {staged["path"]}
+    assert not list((tmp_path / "local").glob("voxtune-stage-*"))  # removed when the bench ended
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -230,6 +241,12 @@ def test_a_run_whose_trials_all_fail_is_recorded_and_the_bench_goes_on(tmp_path,
     with pytest.raises(VoxtuneError, match="every 1-worker run failed.*BRATS_011"):
         B.run_bench(cache_dir, tmp_path / "all", **args)
     assert json.loads((tmp_path / "all" / "bench.json").read_text())["failed_runs"]
+
+
+def test_bench_keep_stage_without_stage_is_refused(cache_dir, tmp_path, capsys):
+    assert main(["bench", "--cache", str(cache_dir), "--out", str(tmp_path / "b"), "--keep-stage"]) == 2
+    assert "without --stage" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_anytime_curve_and_a_target_half_the_trials_reach():

@@ -106,9 +106,28 @@ def _epochs(trial_dir: Path) -> list[int]:
         return []
 
 
+def _read_on_own_node(slurm, trial_dirs) -> None:
+    """Every rank read the copy staged in its own node's $SLURM_TMPDIR (the head, 127.0.0.2, is n1)."""
+    node_of = {"127.0.0.2": "n1", "127.0.0.1": "n2"}
+    for trial in trial_dirs:
+        info = json.loads((trial / "trial.json").read_text())
+        ips = info.get("node_ips") or [info["node_ip"]]
+        assert {Path(c).parent for c in info["caches"]} == {slurm.node_tmp(node_of[ip]) / "voxtune" for ip in ips}, info
+
+
+def _staged_on_both(slurm, staging: dict) -> None:
+    assert sorted(Path(s["path"]).parents[1].name for s in staging.values()) == ["n1", "n2"], staging
+
+
+def _staged_left(slurm) -> list[Path]:
+    return [p for n in ("n1", "n2") for p in slurm.node_tmp(n).glob("voxtune/voxtune-stage-*")]
+
+
 def test_tune_on_two_nodes_cancelled_then_resumed(slurm, job_path, cache_dir, tmp_path):
     """A search spread over both nodes; a plain scancel after an epoch (every process of the job gets TERM:
-    the driver saves the leaderboard and exits 130 though Ray stops under it), then resumed."""
+    the driver saves the leaderboard and exits 130 though Ray stops under it), then resumed. The launcher
+    stages the cache into each node's own $SLURM_TMPDIR; the copies outlive the stop and the resume reuses
+    them, copying nothing; they are removed when the search ends."""
     (tmp_path / "space.yaml").write_text("lr: {grid: [0.001, 0.005]}\n")
     run = tmp_path / "run"
     job_id, output = _submit(slurm, job_path, tmp_path, "tune", "--cache", str(cache_dir), "--out", str(run),
@@ -130,6 +149,9 @@ def test_tune_on_two_nodes_cancelled_then_resumed(slurm, job_path, cache_dir, tm
     started = [r for r in rows if r["node"]]
     assert len({r["node"] for r in started}) == 2 and {r["node_ip"] for r in started} == {"127.0.0.1", "127.0.0.2"}
     assert json.loads((run / "summary.json").read_text())["nodes"] == 2
+    # (summary.json is written from the files here, the driver having died under the scancel: no staging in it)
+    _read_on_own_node(slurm, [run / "trials" / r["trial_id"] for r in started])
+    assert _staged_left(slurm)  # kept for the resume
 
     job = _run(slurm, job_path, tmp_path, "tune", "--out", str(run), "--resume")
     assert job.exit_code == 0, job.output[-3000:]
@@ -137,6 +159,11 @@ def test_tune_on_two_nodes_cancelled_then_resumed(slurm, job_path, cache_dir, tm
     assert len(rows) == 2 and {r["status"] for r in rows} == {"finished"}, rows
     for row in rows:  # a resumed trial continues from its checkpoint: each epoch once
         assert _epochs(run / "trials" / row["trial_id"]) == [1, 2], row["trial_id"]
+    staging = json.loads((run / "summary.json").read_text())["staging"]
+    _staged_on_both(slurm, staging)
+    assert {(s["files_copied"], s["files_reused"] > 0) for s in staging.values()} == {(0, True)}, staging
+    _read_on_own_node(slurm, [run / "trials" / r["trial_id"] for r in rows])
+    assert _staged_left(slurm) == []  # removed when the search ended
 
 
 def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tmp_path):
@@ -168,3 +195,7 @@ def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tm
         assert _epochs(trial) == [1, 2, 3], trial.name
         info = json.loads((trial / "trial.json").read_text())
         assert sorted(info["node_ips"]) == ["127.0.0.1", "127.0.0.2"] and len(set(info["nodes"])) == 2
+    # The launcher staged the cache once per node for the whole bench; each rank read its own node's copy.
+    _staged_on_both(slurm, result["settings"]["staging"])
+    _read_on_own_node(slurm, list((second / "trials").iterdir()))
+    assert _staged_left(slurm) == []  # removed when the search ended

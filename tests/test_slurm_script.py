@@ -178,13 +178,16 @@ def _stop_running_driver(env: dict[str, str], stub_dir: Path, args: list[str], w
     ({"SLURM_TMPDIR": "/local/job", "VOXTUNE_STAGE": "0"}, [], ""),
     ({"SLURM_TMPDIR": "/local/job"}, ["--stage", "/ssd"], ""),  # the user's own, passed on as given
     ({"SLURM_TMPDIR": "/local/job"}, ["--resume"], ""),  # stages as the search was started
+    ({"SLURM_TMPDIR": "/local/job"}, ["bench"], "--stage $SLURM_TMPDIR/voxtune "),  # a bench stages once for all its runs
 ])
 def test_sbatch_stages_tune_to_the_node_local_directory(extra_env, args, stage, tmp_path):
     env, stub_dir = _fake_slurm(tmp_path)
-    proc = subprocess.run(["bash", str(SCRIPT), "tune", "--out", "R", *args], env=env | extra_env,
+    verb, args = (args[0], args[1:]) if args[:1] == ["bench"] else ("tune", args)
+    proc = subprocess.run(["bash", str(SCRIPT), verb, "--out", "R", *args], env=env | extra_env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     driver = _calls(stub_dir)[_index(_calls(stub_dir), "voxtune")]
+    assert driver.startswith(f"voxtune {verb} "), driver
     assert driver.split(":6390 ", 1)[1].startswith(f"{stage}--out R {' '.join(args)}".rstrip() + " |"), driver
 
 

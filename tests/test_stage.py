@@ -49,6 +49,27 @@ def test_a_complete_copy_is_reused_and_a_damaged_file_copied_anew(cache_dir, tmp
     assert fixed.files_copied == 1 and damaged.read_bytes() == (cache_dir / rel).read_bytes()
 
 
+def test_a_quick_reuse_trusts_the_verified_record_not_a_file_changed_since(cache_dir, tmp_path, monkeypatch):
+    """bench stages once; its searches reuse the copy by each file's size and mtime as last verified (no
+    hashing inside a timed search), and a file written since (a new mtime) is still copied anew."""
+    first = stage_cache(cache_dir, tmp_path)
+    hashed = []
+    real = stage_mod.sha256_file
+    monkeypatch.setattr(stage_mod, "sha256_file", lambda path: hashed.append(path) or real(path))
+    again = stage_cache(cache_dir, tmp_path, quick=True)
+    assert again.files_reused == first.files_copied and again.files_copied == 0 and hashed == []
+    assert "as last verified" in again.note
+    rel = _files(read_manifest(cache_dir))[0]
+    damaged = tmp_path / first.path / rel
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    fixed = stage_cache(cache_dir, tmp_path, quick=True)
+    assert fixed.files_copied == 1 and damaged.read_bytes() == (cache_dir / rel).read_bytes()
+    hashed.clear()
+    assert stage_cache(cache_dir, tmp_path).files_reused == first.files_copied and len(hashed) == first.files_copied
+
+
 def test_a_half_copy_left_by_a_dead_stager_is_never_trusted(cache_dir, tmp_path):
     done = stage_cache(cache_dir, tmp_path)
     folder = stage_folder(tmp_path, cache_dir)

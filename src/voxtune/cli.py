@@ -134,7 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(args.cache, args.out, workers=args.workers, modes=args.modes, trials=args.trials, space=args.space,
               workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
               gpus_per_worker=args.gpus_per_worker, base_config=base, address=args.address,
-              recipes=args.ddp_recipe, repeats=args.repeats, target_dice=args.target_dice, scheduler=args.scheduler)
+              recipes=args.ddp_recipe, repeats=args.repeats, target_dice=args.target_dice, scheduler=args.scheduler,
+              stage=args.stage, keep_stage=args.keep_stage)
     return 0
 
 
@@ -245,6 +246,7 @@ def _training_verbs(sub) -> None:
     p.add_argument("--target-dice", type=float,
                    help="time-to-target Dice (default: the median of every trial's best val Dice over all runs, "
                         "so that at least half the trials reach it)")
+    _stage_flags(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plan", help="predict the makespan of every mode and split; recommend one")

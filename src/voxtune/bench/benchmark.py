@@ -25,11 +25,13 @@ import os
 import platform
 import shutil
 import statistics
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
+from voxtune.data.stage import KEEP_WITHOUT_STAGE
 from voxtune.errors import VoxtuneError
 from voxtune.bench.record import FORMAT, bench_rows
 from voxtune.bench.stepcost import for_bench
@@ -259,7 +261,8 @@ def run_order(runs: list, repeats: int) -> list[tuple[Any, int]]:
 
 
 def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, Any], grid_repeats: int, base,
-                trials: int, cpus_per_worker: float, gpus_per_worker: float, address: str | None, scheduler: str):
+                trials: int, cpus_per_worker: float, gpus_per_worker: float, address: str | None, scheduler: str,
+                stage: str | None = None):
     """Run every (mode, W, K, recipe) point `repeats` times: ({point: [measured repeat]}, [failed run])."""
     from voxtune.parallel.settings import SearchSettings
 
@@ -274,7 +277,8 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
                                   search="grid", num_samples=grid_repeats, scheduler=scheduler, workers=w,
                                   workers_per_trial=k if mode == "hybrid" else None,
                                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                  base_config={**base.to_dict(), "seed": seed}, ddp_recipe=recipe if k > 1 else None)
+                                  base_config={**base.to_dict(), "seed": seed}, ddp_recipe=recipe if k > 1 else None,
+                                  stage=stage, keep_stage=bool(stage), stage_verified=bool(stage))
         load = _load()
         print(f"[bench {i}/{total}] {name}: {trials} trials, {w // k} at once x {k} worker(s), "
               f"{base.epochs} epochs ... (load {load})", flush=True)
@@ -304,10 +308,12 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
               cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
               base_config: dict[str, Any] | None = None, address: str | None = None,
               recipes: list[str] | None = None, repeats: int = 1, target_dice: float | None = None,
-              scheduler: str = "fifo") -> dict[str, Any]:
-    """Run every point of the benchmark `repeats` times; write bench.json, speedup.png, bench.md."""
+              scheduler: str = "fifo", stage: str | None = None, keep_stage: bool = False) -> dict[str, Any]:
+    """Run every point of the benchmark `repeats` times; write bench.json, speedup.png, bench.md. stage: a
+    node-local folder, staged once before the first search (voxtune.parallel.staging.cluster_staged)."""
     from voxtune.bench.tables import bench_markdown, write_plot
     from voxtune.parallel.space import load_space
+    from voxtune.parallel.staging import cluster_staged
 
     recipes = list(recipes or ["global-batch"])
     runs = plan_runs(list(workers), list(modes), workers_per_trial, recipes)
@@ -317,6 +323,10 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         raise VoxtuneError(f"--scheduler {scheduler}: choose fifo or asha")
     if target_dice is not None and not 0 < target_dice <= 1:
         raise VoxtuneError(f"--target-dice {target_dice}: must be in (0, 1]")
+    if keep_stage and not stage:
+        raise VoxtuneError(KEEP_WITHOUT_STAGE)
+    if stage and not stage.startswith(("$", "~")):
+        stage = str(Path(stage).absolute())
     manifest = read_manifest(cache)
     base = make_config(base_config or {})
     if base.scale_lr and len(runs) > 1:
@@ -339,8 +349,9 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         print(f"bench: {trials} trials = {len(configs) // grid_repeats} grid points x {grid_repeats} seeds "
               "(no sub-grid of the space has exactly that many points)")
 
-    points, failed = _run_points(runs, repeats, layout, cache, sub, grid_repeats, base, trials,
-                                 cpus_per_worker, gpus_per_worker, address, scheduler)
+    with cluster_staged(str(Path(cache).resolve()), stage, address, keep_stage) if stage else nullcontext({}) as staging:
+        points, failed = _run_points(runs, repeats, layout, cache, sub, grid_repeats, base, trials,
+                                     cpus_per_worker, gpus_per_worker, address, scheduler, stage)
 
     if not any(w == 1 for _, w, _ in points):
         write_json(layout.bench_json, {"format": FORMAT, "runs": [], "failed_runs": failed})
@@ -360,7 +371,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
             "repeats": repeats, "configs": configs, "space": sub, "workers": sorted(set(workers) | {1}),
             "modes": list(modes), "ddp_recipes": recipes, "scheduler": scheduler, "hybrid_workers_per_trial": HYBRID_K if workers_per_trial is None
             else workers_per_trial, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
-            "address": address, "base_config": base.to_dict(), "target_dice": target,
+            "address": address, "stage": stage, "staging": staging, "base_config": base.to_dict(), "target_dice": target,
             "target_dice_rule": "given" if target_dice is not None else TARGET_RULE,
             "train_cases": len(case_ids(manifest, "train")), "val_cases": len(case_ids(manifest, "val")),
             "batch_size": base.batch_size, "min_part": base.min_rank_batch or (1 if gpus_per_worker else 2),

@@ -33,6 +33,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from voxtune.config import TrainConfig, make_config
 from voxtune.errors import VoxtuneError
 from voxtune.parallel.state import quiet_exit_in_finalisers, reason_of
+from voxtune.parallel.state import write as write_state
 
 if TYPE_CHECKING:
     from voxtune.train.loop import Reporter
@@ -218,6 +219,7 @@ class WorkerGroup:
             ray.get([r.local_cache.remote(str(cache_dir), staged) for r in self.ranks]) if staged
             else [str(cache_dir)] * len(self.ranks))
         self.caches = {str(out_dir): sorted({*self.caches.get(str(out_dir), []), *read})}  # this trial's only
+        write_state(out_dir, caches=self.caches[str(out_dir)])  # every cache its ranks read, before they read it
         futures = [r.fit.remote(cfg.to_dict(), str(cache_dir), str(out_dir), threads, staged) for r in self.ranks]
         cache_dir = read[0]
         watch = _Watch(self, futures)

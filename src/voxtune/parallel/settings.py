@@ -68,6 +68,7 @@ class SearchSettings:
     auto_regroup_s: float | None = None  # auto: a regroup's cost until one is measured (None: estimated)
     stage: str | None = None  # a node-local folder each node copies the cache into (voxtune.data.stage)
     keep_stage: bool = False  # leave the staged copies in place at the end (a later search reuses them)
+    stage_verified: bool = False  # bench: it staged and verified the copies; reuse them by size and mtime
 
     def checked(self) -> "SearchSettings":
         """The checked settings: a copy with K and the recipe resolved and the cache path made absolute."""
@@ -77,6 +78,8 @@ class SearchSettings:
             raise VoxtuneError(f"unknown --scheduler '{self.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
         if self.keep_stage and not self.stage:
             raise VoxtuneError(KEEP_WITHOUT_STAGE)
+        if self.stage_verified and not (self.stage and self.keep_stage):
+            raise VoxtuneError("stage_verified: a search reuses copies a bench staged and keeps; give stage and keep_stage")
         if self.workers < 1:
             raise VoxtuneError(f"--workers {self.workers}: need at least 1")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:

@@ -9,10 +9,13 @@ node has no copy (a node that joined later, or one short of space: its note says
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from voxtune.data.stage import stage_cache, unstage
 from voxtune.errors import VoxtuneError
+from voxtune.parallel.cluster import init_ray
 
 
 def _on_each_node(fn, *args) -> dict[str, Any]:
@@ -32,16 +35,17 @@ def _on_each_node(fn, *args) -> dict[str, Any]:
         raise
 
 
-def _stage_here(cache_dir: str, dest: str) -> dict[str, Any]:
+def _stage_here(cache_dir: str, dest: str, quick: bool = False) -> dict[str, Any]:
     import ray
 
-    return stage_cache(cache_dir, dest, node=ray.util.get_node_ip_address()).to_dict()
+    return stage_cache(cache_dir, dest, node=ray.util.get_node_ip_address(), quick=quick).to_dict()
 
 
-def stage_nodes(cache_dir: str, dest: str, log=print) -> dict[str, dict[str, Any]]:
-    """Stage the cache on every node; {node id: Staged as a dict}, one line per node logged."""
+def stage_nodes(cache_dir: str, dest: str, log=print, quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Stage the cache on every node; {node id: Staged as a dict}, one line per node logged. quick: reuse
+    a copy by its verified record (a bench's searches, after the bench staged it)."""
     log(f"staging {cache_dir} into {dest} on every node (one copy per node, each file checked as it lands)")
-    done = _on_each_node(_stage_here, cache_dir, dest)
+    done = _on_each_node(_stage_here, cache_dir, dest, quick)
     for staged in done.values():
         log(f"stage {staged['node']}: {staged['note']} in {staged['seconds']:.1f}s")
     return done
@@ -64,3 +68,35 @@ def local_cache(shared: str, staged: dict[str, str] | None) -> str:
     import ray
 
     return staged.get(ray.get_runtime_context().get_node_id(), shared)
+
+
+@contextmanager
+def _joined(address: str) -> Iterator[None]:
+    import ray
+
+    init_ray(address, 0, 0)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def cluster_staged(cache_dir: str, dest: str, address: str | None, keep: bool, log=print) -> Iterator[dict[str, Any]]:
+    """`bench --stage`: stage once on every node before the bench's first search ({node: Staged as a dict}),
+    outside every timed search, whose own staging then reuses the copy by its verified record (quick); the
+    copies are removed when the bench ends well, unless keep. Without --address the one node is this
+    machine, and no Ray is started for it."""
+    if address is None:
+        done = stage_cache(cache_dir, dest).to_dict()
+        log(f"stage {done['node']}: {done['note']} in {done['seconds']:.1f}s")
+        yield {done["node"]: done}
+        if not keep:
+            unstage(cache_dir, dest)
+        return
+    with _joined(address):
+        staging = stage_nodes(cache_dir, dest, log)
+    yield staging
+    if not keep:
+        with _joined(address):
+            unstage_nodes(cache_dir, dest)

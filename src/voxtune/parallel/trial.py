@@ -197,7 +197,6 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
                     group_id=_GROUP.group_id, pids=_GROUP.pids, setup_s=time.time() - t_start)
         summary = (_GROUP.fit(cfg, plan.cache_dir, out, report, plan.staged) if pool is None
                    else _fit_growing(_GROUP, cfg, plan, out, report, asked, pool, tune_id))
-        state.write(out, caches=_GROUP.caches.get(str(out), []))  # every cache its ranks read (--stage: their nodes')
     except VoxtuneError as exc:
         # The one place a trial's own error ends it, at whatever epoch: recorded, then raised to Tune.
         _drop_group(pool, tune_id)

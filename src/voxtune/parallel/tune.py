@@ -183,7 +183,8 @@ def run_search(run_dir: str | Path, settings: SearchSettings | None = None, *, a
         from voxtune.parallel.trial import quiet_final_errors
 
         quiet_final_errors()
-        staging = stage_nodes(settings.cache_dir, settings.stage) if settings.stage else {}  # before any trial
+        staging = (stage_nodes(settings.cache_dir, settings.stage, quick=settings.stage_verified)
+                   if settings.stage else {})  # before any trial
         pool = _start_pool(settings, run_dir) if settings.mode == "auto" else None  # noqa: F841  (held: a named actor lives while a handle does)
         tuner, folders = _tuner(settings, run_dir, resume, staged_paths(staging))
 
