@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def main() -> None:
     work = Path(args.work).resolve()
     (work / "space.yaml").write_text(SPACE)
     (work / "runs").mkdir()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the cluster and unmounts
     fuse = mount(work, args.fuse_python, args.open_ms, args.lookup_ms)
     cluster = make_cluster(cpus_per_node=1)
     rows = []

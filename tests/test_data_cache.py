@@ -1,5 +1,6 @@
 """voxtune.data.cache: manifest reading, load_case, checksums, split/region helpers."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,22 @@ def test_read_window_is_a_slice_of_the_frame(cache_dir, start, size, flip):
     got_image, got_label = read_window(cache_dir, entry, "float16", start, size, flip)
     assert got_image.dtype == np.float16 and got_label.dtype == np.uint8
     assert np.array_equal(got_image, want_image) and np.array_equal(got_label, want_label)
+
+
+def test_a_sample_read_opens_each_file_once(cache_dir, monkeypatch):
+    """On a shared filesystem every open is a request to its metadata server: the header is read and the
+    data mapped from one open (np.load with mmap_mode opens the file twice)."""
+    import builtins
+
+    from voxtune.data.cache import read_window
+
+    entry = read_manifest(cache_dir)["cases"][1]
+    opened, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: opened.append(str(file)) or real_open(file, *a, **k))
+    image, _ = read_window(cache_dir, entry, "float16", (0, 0, 0), (8, 8, 8))
+    names = sorted(Path(f).name for f in opened if str(cache_dir) in f)
+    assert names == sorted(Path(entry["files"][k]).name for k in ("image", "label")), names
+    assert image.shape[1:] == (8, 8, 8)
 
 
 def test_cheap_check_refuses_swapped_truncated_and_overwritten_files(cache_copy):

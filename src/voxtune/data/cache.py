@@ -188,11 +188,25 @@ def verify_cache(cache_dir: str | Path) -> tuple[int, list[tuple[str, str]]]:
     return len(manifest["cases"]), failed
 
 
+def _map(path: Path) -> np.ndarray:
+    """np.load(path, mmap_mode="r") with one open, not two: the header is read and the data mapped from
+    the same file object (np.load opens the file for the header, then np.memmap opens it again). Every
+    sample read opens its image and label, so on a shared filesystem this halves the metadata server's
+    opens (docs/cluster.md#node-local-staging)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        shape, fortran, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f))
+        if dtype.hasobject:
+            raise ValueError("object arrays are not stored in a cache")
+        return np.memmap(f, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=f.tell())
+
+
 def _open(cache_dir: str | Path, entry: dict, kind: str, dtype: str) -> np.ndarray:
     """Memory-map one stored array, checking its dtype and shape against the manifest."""
     path = _file(cache_dir, entry, kind)
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = _map(path)
     except (ValueError, OSError, EOFError) as exc:
         raise VoxtuneError(f"{path}: unreadable ({exc}); {_REDO}") from None
     shape = stored_shape(entry, kind)
