@@ -19,6 +19,7 @@ run() {  # run NAME COMMAND...: log to WORKDIR/NAME.log, with its duration
 run cache_format "$PY" benchmarks/cache_format.py
 run loader "$PY" benchmarks/loader.py "$WORK/loader"
 run file_opens "$PY" benchmarks/file_opens.py "$WORK/file-opens"
+run staging bash benchmarks/staging.sh "$WORK/staging"  # root, slurm-wlm, munge and FUSE, as CI's machine has
 run quality bash benchmarks/quality.sh "$WORK/quality"
 run storage_quality bash benchmarks/storage_quality.sh "$WORK/storage-quality"
 run prior_bias bash benchmarks/prior_bias.sh "$WORK/prior-bias"
