@@ -125,6 +125,32 @@ def test_a_grown_trial_holds_its_workers_against_others_asking_before_it_regroup
     assert pool.epoch_end("a", 1, 2, 0.95, 5.0, 5) == 2
 
 
+def test_a_warm_growth_holds_its_workers_is_not_judged_at_the_old_k_and_a_waiting_trial_cancels_it():
+    """While a grown trial's new ranks warm up it trains on at its old K: the workers stay reserved for it,
+    its epochs at the old K neither judge the growth nor give the workers away; a trial that starts
+    waiting meanwhile cancels the growth at the next epoch end."""
+    pool = PoolState(workers=2, sizes=[1, 2])
+    pool.started("a", 4)
+    pool.started("b", 4)
+    pool.ended("b")
+    assert pool.epoch_end("a", 1, 4, 0.5, 10.0, 5) == 2  # the free worker: a warms a rank up
+    pool.started("c", 4)
+    assert pool.running["a"].k == 2 and pool.epoch_end("c", 1, 4, 0.9, 10.0, 5) == 1  # reserved: not lent twice
+    pool.ended("c")
+    logged = len(pool.changes())
+    assert pool.epoch_end("a", 1, 4, 0.6, 10.0, 4) == 2  # still warming, at K = 1: no verdict on the growth
+    assert pool.gain == {} and pool.slow == set() and pool.running["a"].grew_from == 1
+    assert len(pool.changes()) == logged and pool.warming == {"a": 2}  # nor a change of K
+    pool.set_waiting(1)
+    assert pool.epoch_end("a", 1, 4, 0.6, 10.0, 3) == 1  # a trial waits: the warm rank is cancelled
+    assert pool.changes()[-1]["why"] == "warm growth cancelled: waiting trials" and pool.running["a"].k == 1
+    assert pool.warming == {}
+    pool.set_waiting(0)
+    assert pool.epoch_end("a", 1, 4, 0.6, 10.0, 2) == 2  # free again: warms up anew
+    assert pool.epoch_end("a", 2, 4, 0.6, 6.0, 1) == 2  # joined: the first epoch at K = 2 judges it (40 % faster)
+    assert pool.gain[(4, 2)] == pytest.approx(0.4) and pool.warming == {}
+
+
 def test_auto_settings_refuse_what_auto_cannot_grow():
     with pytest.raises(VoxtuneError, match="drop --workers-per-trial"):
         modes.workers_per_trial("auto", 4, 2)

@@ -68,6 +68,19 @@ def test_calibration_recovers_the_constants_and_names_the_run_of_each():
     assert source["batch_cost"] == ["settings.step_s_by_batch"]
 
 
+def test_auto_regroups_cost_what_the_bench_measured_not_a_start_up():
+    """A regroup costs auto's simulation the median critical path of the calibration's auto regroups
+    (trial.json's critical_s, warm growth's join and resume), not a new rank's cold start-up."""
+    assert M.calibrate(hand_bench()).regroup_s == TRUTH.startup_s  # no auto run: a cold start-up
+    bench = hand_bench()
+    regroups = [[{"to": 2, "critical_s": 0.3}, {"to": 1, "critical_s": 0.2}], [{"to": 2, "critical_s": 0.9}]]
+    bench["runs"].append(_run("auto", 2, 1, 30.0, 4.0, 6.0, "global-batch",
+                              repeats=[{"regroups": r} for r in regroups]))
+    m = M.calibrate(bench)
+    assert m.regroup_s == pytest.approx(0.3)
+    assert [f["from"] for f in m.fitted if f["constant"] == "regroup_s"] == [["auto W=2 K=1, global-batch"]]
+
+
 def test_errors_are_reported_only_for_runs_that_fitted_nothing():
     bench = hand_bench()
     errors = {e["run"]: e["error_pct"] for e in P.model_error(bench)}

@@ -138,8 +138,8 @@ def test_two_node_cluster_spreads_trials(cache_dir, tmp_path):
 
 @pytest.mark.slow
 def test_auto_grows_a_trial_across_two_nodes(cache_dir, tmp_path):
-    """One trial on two 1-CPU nodes: it takes the other node's worker at its first epoch end, so its
-    grown DDP group spans the nodes (gloo over the loopback addresses). With --stage '$NODE_SCRATCH', a
+    """One trial on two 1-CPU nodes: at its first epoch end it starts warming a rank up on the other node's
+    worker and joins it once ready, so its grown DDP group spans the nodes (gloo over the loopback addresses). With --stage '$NODE_SCRATCH', a
     folder of each node's own, each node stages the cache once and each rank reads its own node's copy;
     the copies are removed at the end."""
     space = tmp_path / "one.yaml"
@@ -149,14 +149,15 @@ def test_auto_grows_a_trial_across_two_nodes(cache_dir, tmp_path):
     with _two_node_cluster(tmp_path, "6398", node_envs) as (address, env):
         run = tmp_path / "run"
         proc = subprocess.run([sys.executable, "-m", "voxtune.cli", "tune", "--cache", str(cache_dir), "--out",
-                               str(run), "--mode", "auto", "--space", str(space), "--epochs", "3", "--workers", "2",
+                               str(run), "--mode", "auto", "--space", str(space), "--epochs", "30", "--workers", "2",
                                "--set", "batch_size=4", "--auto-regroup-s", "0", "--address", address,
                                "--stage", "$NODE_SCRATCH"],
                               env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (row,) = _leaderboard(run)
         records = json.loads((run / "trials" / row["trial_id"] / "metrics.json").read_text())
-        assert row["status"] == "finished" and [r["workers"] for r in records][:2] == [1, 2]
+        ks = [r["workers"] for r in records]
+        assert row["status"] == "finished" and ks[0] == 1 and 2 in ks
     from voxtune.data.stage import stage_folder
 
     copies = {str(stage_folder(s, cache_dir)) for s in scratch}

@@ -159,6 +159,8 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
         "trial_order": [key(r) for r in started],
         "trial_epochs": [len(metrics[r["trial_id"]]) for r in started],  # fewer where ASHA stopped a trial
         "best_val_dice": max((e["val_dice"] for e in epochs), default=None),
+        # auto: each regroup's critical path (the last epoch end at the old K to the first at the new)
+        "regroups": [g for r in rows for g in read_json(RunDir(run_dir).trial(r["trial_id"]).state, {}).get("regroups", [])],
         "test_dice": (best.get("test") or {}).get("test_dice"),
         # (seconds since the search's start, val Dice) of every epoch: time to a target is read off these.
         "curve": (curve := sorted((e["end_ts"] - summary["search_start_ts"], e["val_dice"]) for e in epochs)),
@@ -303,6 +305,13 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
     return points, failed
 
 
+def _stage_dir(stage: str | None, keep_stage: bool) -> str | None:
+    """--stage as every search of the bench gets it: absolute, unless $VARS or ~ expand on each node."""
+    if keep_stage and not stage:
+        raise VoxtuneError(KEEP_WITHOUT_STAGE)
+    return stage if not stage or stage.startswith(("$", "~")) else str(Path(stage).absolute())
+
+
 def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: list[str], trials: int,
               space: str | dict[str, Any] = "paper", workers_per_trial: int | None = None,
               cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
@@ -323,10 +332,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         raise VoxtuneError(f"--scheduler {scheduler}: choose fifo or asha")
     if target_dice is not None and not 0 < target_dice <= 1:
         raise VoxtuneError(f"--target-dice {target_dice}: must be in (0, 1]")
-    if keep_stage and not stage:
-        raise VoxtuneError(KEEP_WITHOUT_STAGE)
-    if stage and not stage.startswith(("$", "~")):
-        stage = str(Path(stage).absolute())
+    stage = _stage_dir(stage, keep_stage)
     manifest = read_manifest(cache)
     base = make_config(base_config or {})
     if base.scale_lr and len(runs) > 1:

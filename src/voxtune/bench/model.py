@@ -70,6 +70,7 @@ class MakespanModel:
     min_part: int = 1  # global-batch: a rank's part holds this many cases or none (CPU ranks: 2; GlobalBatchSampler)
     fitted: list[dict[str, Any]] = field(default_factory=list)  # [{constant, value, from: [run labels], how}]
     val_s: float | None = None  # one validation case; None: VAL_RATIO x a step's per-case cost at batch_size
+    regroup_measured_s: float | None = None  # auto: the median regroup's critical path in the calibration's auto runs
 
     @property
     def val_case_s(self) -> float:
@@ -93,10 +94,11 @@ class MakespanModel:
 
     @property
     def regroup_s(self) -> float:
-        """--mode auto: a trial stopping after an epoch to grow (or shrink) starts new rank processes that
-        import torch and MONAI, build the model and reload the checkpoint: taken as the search's own
-        start-up (startup_s, fitted on the 1-worker run), since that is what a new worker pays."""
-        return self.startup_s
+        """--mode auto: what a regroup stops a trial for, from its last epoch end at the old K to its first
+        at the new one: as measured in the calibration's auto runs (the median over their regroups; a
+        growth warms its new ranks up beforehand, so this is the join, the rebuild and the resume), else
+        the search's own start-up (startup_s), which a cold new rank pays."""
+        return self.regroup_measured_s if self.regroup_measured_s is not None else self.startup_s
 
     def overhead(self, k: int) -> float:
         return self.trial_overhead_s + (self.group_overhead_s if k > 1 else 0.0)
@@ -228,6 +230,12 @@ def _fit(bench: dict[str, Any]) -> MakespanModel:
                 m.startup_contention[busy] = max(1.0, (r["startup_s"] or 0.0) / m.startup_s)
                 fit(f"startup_contention[{busy}]", m.startup_contention[busy], run_label(r),
                     "start-up over the 1-worker run's")
+    regroups = [g["critical_s"] for r in runs if r["mode"] == "auto" for rep in r.get("repeats", [])
+                for g in rep.get("regroups", []) if "critical_s" in g]
+    if regroups:
+        m.regroup_measured_s = statistics.median(regroups)
+        fit("regroup_s", m.regroup_measured_s, [run_label(r) for r in runs if r["mode"] == "auto"],
+            "the median regroup's critical path (trial.json regroups: last epoch end at the old K to the first at the new)")
     groups = [r for r in runs if r["workers_per_trial"] > 1 and r.get("ddp_recipe") == recipe]
     if not groups:
         m.beta_s_per_byte = DEFAULTS.beta_s_per_byte

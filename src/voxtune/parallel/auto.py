@@ -57,6 +57,9 @@ class PoolState:
         self.regroup_s = regroup_s or 0.0
         self.log: list[dict[str, Any]] = []  # every change of K, for the tests and the curious
         self.occupancy_ts = 0.0  # when a trial last started, ended or changed its K
+        # {trial: the K a growth reserved} while its new ranks warm up and it trains on at the old K: the
+        # workers count as the trial's (trial.k), and its epochs at the old K do not judge the growth.
+        self.warming: dict[str, int] = {}
 
     def worth(self, trial: Running, k: int) -> bool:
         """Growing `trial` to K saves more over its remaining epochs than a regroup costs: at the gain
@@ -81,6 +84,7 @@ class PoolState:
         self.occupancy_ts = time.time()
 
     def ended(self, trial_id: str) -> None:
+        self.warming.pop(trial_id, None)
         if self.running.pop(trial_id, None) is not None:
             self.occupancy_ts = time.time()
 
@@ -89,10 +93,19 @@ class PoolState:
         """Trial `trial_id` trained an epoch of global batch `batch_size` on K = k, `epochs_left` to go, after
         a regroup of `regroup_s` (0: none) or, its first, a start-up of `startup_s`: the K of its next epoch."""
         trial = self.running.setdefault(trial_id, Running(started=time.time()))
-        trial.k, trial.batch_size, trial.best = k, batch_size, max(trial.best, val_dice)
+        trial.batch_size, trial.best = batch_size, max(trial.best, val_dice)
         trial.epoch_s[k], trial.epochs_left = epoch_s, epochs_left
         trial.steady = time.time() - epoch_s >= self.occupancy_ts
         self.regroup_s = max(self.regroup_s, regroup_s, startup_s if self.assumed is None else 0.0)
+        pending = self.warming.get(trial_id)
+        if pending is not None and k < pending:  # an epoch still at the old K while its new ranks warm up
+            if self.waiting == 0:
+                return pending  # the workers stay reserved for it (trial.k); nothing to judge yet
+            del self.warming[trial_id]  # a trial waits: the warm ranks are cancelled, their workers go to it
+            trial.grew_from = None
+            self._change(trial_id, trial, k, "warm growth cancelled: waiting trials")
+        self.warming.pop(trial_id, None)
+        trial.k = k
         if trial.grew_from is not None and trial.steady:  # judged on an epoch no other change slowed or sped
             before = trial.grew_from
             trial.grew_from = None
@@ -105,6 +118,7 @@ class PoolState:
                         self.min_part)
         if target > trial.k:
             trial.grew_from = trial.k
+            self.warming[trial_id] = target  # the trial warms the new ranks up while it trains on (WorkerGroup.warm)
         return self._change(trial_id, trial, target, "waiting trials" if target < trial.k else "idle workers")
 
     def _change(self, trial_id: str, trial: Running, k: int, why: str) -> int:
@@ -117,6 +131,7 @@ class PoolState:
     def resized(self, trial_id: str, k: int) -> None:
         """The K a trial got (less than asked when Ray could not reserve the bundles in time)."""
         trial = self.running.get(trial_id)
+        self.warming.pop(trial_id, None)
         if trial is not None and k != trial.k:  # it did not get the K asked for: no growth to judge
             trial.k, trial.grew_from = k, None
             self.occupancy_ts = time.time()

@@ -79,10 +79,18 @@ def _join(store, rank: int, world: int, backend: str) -> float:
 class Rank:
     """One non-zero rank of the group: joins the process group, then runs `fit` when asked."""
 
+    def warm(self) -> float:
+        """--mode auto's warm growth: pay this process's start-up (torch, MONAI, torch._dynamo) while the
+        trial still trains on its old K; `setup` then only joins. Returns the seconds it took."""
+        quiet_exit_in_finalisers()
+        return import_loop()
+
     def setup(self, addr: str, port: int, rank: int, world: int, backend: str) -> tuple[str, str, int]:
         import torch.distributed as dist
 
         quiet_exit_in_finalisers()
+        if dist.is_initialized():  # a rank kept through a warm growth leaves its old group for the new one
+            dist.destroy_process_group()
         _join(dist.TCPStore(addr, port, world, False, timeout=_TIMEOUT), rank, world, backend)
         return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id(), os.getpid()
 
@@ -142,7 +150,8 @@ class WorkerGroup:
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
         self.group_id = uuid.uuid4().hex[:12]  # lets tests and logs see which trials shared a group
         self.ranks: list[Any] = []
-        self.lent = None  # --mode auto: the placement group of the ranks lent to this trial
+        self.lent: list[Any] | None = None  # --mode auto: the placement groups of the ranks lent to this trial
+        self.warming: dict[str, Any] | None = None  # --mode auto: a warm growth under way (warm)
         self.last_resize: dict[str, float] = {}  # --mode auto: the last resize's K and seconds
         self.imports_s = 0.0  # what importing torch and MONAI cost this process (start-up, once per process)
         here = ray.is_initialized()
@@ -154,21 +163,26 @@ class WorkerGroup:
             pg = ray.util.get_current_placement_group()
             self._start_peers([(pg, i) for i in range(1, workers)])
 
+    def _new_ranks(self, bundles: list[tuple[Any, int]]) -> list[Any]:
+        """Rank actors, one in each of `bundles` ((placement group, bundle index) each)."""
+        return [Rank.options(num_cpus=self.cpus, num_gpus=self.gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i)).remote() for pg, i in bundles]
+
     def _start_peers(self, bundles: list[tuple[Any, int]]) -> None:
-        """Ranks 1..K-1 as Rank actors in `bundles` ((placement group, bundle index) each), joined with
-        this process as rank 0 in a new process group of K = len(bundles) + 1."""
-        workers = len(bundles) + 1
+        """Ranks 1..K-1 as Rank actors in `bundles`, joined with this process as rank 0 in a new process
+        group of K = len(bundles) + 1."""
+        self._join_peers(self._new_ranks(bundles))
+
+    def _join_peers(self, ranks: list[Any]) -> None:
+        """`ranks` (new, warm or kept) become ranks 1..K-1 of a new process group with this process as rank 0."""
+        workers = len(ranks) + 1
         # NCCL wants one rank per GPU; ranks packed onto a shared GPU (fractions) fall back to gloo.
         # Ray tells whether this actor holds a GPU without importing torch (which would delay the peers).
         backend = ("nccl" if self.gpus >= 1 and ray.get_runtime_context().get_accelerator_ids().get("GPU")
                    else "gloo")
         addr = ray.util.get_node_ip_address()
         store = master_store(addr, workers)
-        self.ranks = [
-            Rank.options(num_cpus=self.cpus, num_gpus=self.gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=pg, placement_group_bundle_index=i)).remote()
-            for pg, i in bundles
-        ]
+        self.ranks = ranks
         joined = [r.setup.remote(addr, store.port, i, workers, backend) for i, r in enumerate(self.ranks, start=1)]
         self.imports_s += _join(store, 0, workers, backend)  # imports torch and MONAI while the peers do too
         self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
@@ -198,7 +212,7 @@ class WorkerGroup:
                 return self.workers
         t1 = time.perf_counter()
         self.close()
-        self.lent, self.workers = lent, 1
+        self.lent, self.workers = ([lent] if lent is not None else None), 1
         if lent is not None:
             self._start_peers([(lent, i) for i in range(workers - 1)])
         # Where a regroup's seconds go (the rest, until the next epoch starts, is the fit's build and resume).
@@ -242,19 +256,75 @@ class WorkerGroup:
             raise watch.failure
         return summary
 
+    def warm(self, workers: int) -> None:
+        """--mode auto's warm growth to `workers`: reserve the added workers' bundles and start their Rank
+        actors with a warm-up call (their process and imports) now, without waiting; the trial trains on
+        meanwhile and joins them (join_warm) at the first epoch end after warm_ready() says so."""
+        from ray.util.placement_group import placement_group
+
+        bundle = {"CPU": self.cpus} | ({"GPU": self.gpus} if self.gpus else {})
+        pg = placement_group([bundle] * (workers - self.workers), strategy="PACK")
+        ranks = self._new_ranks([(pg, i) for i in range(workers - self.workers)])
+        self.warming = {"to": workers, "pg": pg, "ranks": ranks, "futures": [r.warm.remote() for r in ranks],
+                        "t0": time.time()}
+
+    def warm_ready(self) -> bool:
+        """Without blocking: every warming rank has started and imported. A warm-up that failed (its
+        process or node died) is cancelled and counts as never ready; the trial trains on at its K."""
+        futures = self.warming["futures"]
+        ready, _ = ray.wait(futures, num_returns=len(futures), timeout=0)
+        if len(ready) < len(futures):
+            return False
+        try:
+            ray.get(futures)
+        except Exception:  # noqa: BLE001  (a warm rank that died is replaced by none: the growth is dropped)
+            self.cancel_warm()
+            return False
+        self.warming["ready_ts"] = time.time()
+        return True
+
+    def cancel_warm(self) -> None:
+        """Give the warming ranks' workers back (a trial started waiting, or this one ended)."""
+        if self.warming is None:
+            return
+        from ray.util.placement_group import remove_placement_group
+
+        for r in self.warming["ranks"]:
+            ray.kill(r)
+        remove_placement_group(self.warming["pg"])
+        self.warming = None
+
+    def join_warm(self) -> int:
+        """Between two fits: the warm ranks join this group's ranks in a new process group (no process
+        starts, no import on this path). Returns the new K."""
+        warm, self.warming = self.warming, None
+        t0 = time.perf_counter()
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
+        self.lent = [*(self.lent or []), warm["pg"]]
+        self._join_peers([*self.ranks, *warm["ranks"]])
+        self.last_resize = {"to": self.workers, "warm": True, "warm_s": warm["ready_ts"] - warm["t0"],
+                            "join_s": time.perf_counter() - t0}
+        return self.workers
+
     def kill_peers(self) -> None:
         for r in self.ranks:
             ray.kill(r)
 
     def close(self) -> None:
         """Ends the peers and the process group, and gives back the lent placement group (auto)."""
+        self.cancel_warm()
         self.kill_peers()
         self.ranks = []
         self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
-        if self.lent is not None:
+        if self.lent:
             from ray.util.placement_group import remove_placement_group
 
-            remove_placement_group(self.lent)
+            for pg in self.lent:
+                remove_placement_group(pg)
             self.lent = None
         import torch.distributed as dist
 

@@ -186,8 +186,8 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
             state.end(out, "finished" if record["epoch"] >= cfg.epochs else "stopped",
                       **outputs.training_totals(read_json(TrialDir(out).metrics, [])))
             return True
-        if pool is not None and record["epoch"] < cfg.epochs:
-            regroup.extend(_regroup(pool, tune_id, record, cfg, regrouped))
+        if pool is not None:
+            regroup.extend(_regroup(pool, tune_id, record, cfg, regrouped, out))
         return bool(regroup)  # True: every rank stops after this epoch; the trial continues on the new K
 
     try:
@@ -252,32 +252,58 @@ def _join_pool(plan: TrialPlan, tune_id: str, batch_size: int):
     return pool
 
 
-def _regroup(pool, tune_id: str, record: dict[str, Any], cfg, regrouped: list[float]) -> list[int]:
-    """[the K the Pool wants the next epoch on] when it differs from this epoch's, else []. `regrouped`:
-    [(when, "regroup")] after the fit stopped to regroup, [(when, "start")] as the attempt starts, emptied
-    once reported: a regroup's cost, or what it took this process to reach its first epoch (imports,
-    model, data, checkpoint), which is what a new rank pays too."""
+def _regroup(pool, tune_id: str, record: dict[str, Any], cfg, regrouped: list, out: Path) -> list[int]:
+    """[the K to train the next epoch on] when the trial stops after this epoch to change it, else [].
+    `regrouped`: [(when, "regroup")] from the last epoch end at the old K, [(when, "start")] as the attempt
+    starts, emptied once reported: a regroup's critical path (recorded in trial.json's regroups), or what
+    it took this process to reach its first epoch, which is what a new rank pays too.
+
+    Growth is warm: the Pool's first answer above this K starts the new ranks (WorkerGroup.warm) and the
+    trial trains on at its K; it stops to join them at the first epoch end after they are ready. A lower
+    answer meanwhile (a trial waits) cancels them, their workers back within this epoch."""
     since, what = regrouped.pop() if regrouped else (None, None)
     gap = record["end_ts"] - record["epoch_time_s"] - since if since is not None else 0.0
+    if what == "regroup":
+        regroups = state.read(out).get("regroups", [])
+        regroups[-1:] = [{**regroups[-1], "critical_s": round(gap, 3)}] if regroups else []
+        state.write(out, regroups=regroups)
+    if record["epoch"] >= cfg.epochs:
+        return []
     k = ray.get(pool.epoch_end.remote(tune_id, record["workers"], cfg.batch_size, record["val_dice"],
                                       record["epoch_time_s"], cfg.epochs - record["epoch"],
                                       gap if what == "regroup" else 0.0, gap if what == "start" else 0.0))
-    return [k] if k != record["workers"] else []
+    warming = getattr(_GROUP, "warming", None)
+    if k <= record["workers"] and warming is not None:
+        _GROUP.cancel_warm()
+        state.write(out, warm_cancelled=[*state.read(out).get("warm_cancelled", []), record["epoch"]])
+    if k < record["workers"]:
+        regrouped[:] = [(record["end_ts"], "regroup")]
+        return [k]
+    if k == record["workers"]:
+        return []
+    if warming is None:
+        _GROUP.warm(k)
+        return []
+    if warming["to"] != k or not _GROUP.warm_ready():
+        return []
+    regrouped[:] = [(record["end_ts"], "regroup")]
+    return [k]
 
 
 def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report,
                  asked: tuple[list[int], list[tuple[float, str]]], pool, tune_id: str) -> dict[str, Any]:
     """--mode auto: fit on the group's K, regrouping where the Pool asks (the loop stopped after that
-    epoch's checkpoint; the next fit continues from it on the new K, the batch split by global-batch).
-    asked: ([the K asked for], [(when the fit stopped for it, "regroup")]), shared with run_trial's report."""
-    regroup, regrouped = asked
+    epoch's checkpoint; the next fit continues from it on the new K, the batch split by global-batch):
+    a growth joins the ranks warmed up meanwhile, a shrink restarts the group's peers.
+    asked: ([the K asked for], [(the last epoch end at the old K, "regroup")]), shared with run_trial's report."""
+    regroup, _ = asked
     while True:
         k_cfg = make_config(modes.recipe_config(cfg.to_dict(), group.workers, "global-batch"))
         summary = group.fit(k_cfg, plan.cache_dir, out, report, plan.staged)
         if not regroup:
             return summary
-        regrouped[:] = [(time.time(), "regroup")]
-        k = group.resize(regroup.pop())
+        target = regroup.pop()
+        k = group.join_warm() if group.warming is not None and target > group.workers else group.resize(target)
         pool.resized.remote(tune_id, k)
         regroups = [*state.read(out).get("regroups", []),
                     {"after_epoch": summary["epochs"], **getattr(group, "last_resize", {})}]
@@ -289,6 +315,8 @@ def _give_back(pool, tune_id: str) -> None:
     next trial, which starts on one worker), and the Pool stops counting it."""
     global _GROUP
     pool.ended.remote(tune_id)
+    if _GROUP is not None:
+        _GROUP.cancel_warm()
     if _GROUP is not None and _GROUP.workers > 1:
         try:
             _GROUP.resize(1)
@@ -302,7 +330,7 @@ def _drop_group(pool, tune_id: str) -> None:
     global _GROUP
     if pool is not None:
         pool.ended.remote(tune_id)
-    if getattr(_GROUP, "lent", None) is not None:  # (only auto lends; a stand-in group in a test has none)
+    if getattr(_GROUP, "lent", None) or getattr(_GROUP, "warming", None):  # (only auto lends; a test's stand-in has none)
         try:
             _GROUP.close()
         except Exception:  # noqa: BLE001  (the placement group goes with this actor in any case)
