@@ -232,10 +232,15 @@ def test_growth_must_save_more_than_a_regroup_costs():
     assert pool.regroup_s == 6.0 and pool.gain[(2, 2)] == pytest.approx(0.3)
 
 
-def test_before_any_regroup_the_pool_takes_a_trials_start_up_as_its_cost():
+def test_a_growth_pays_only_over_the_epochs_left_once_its_ranks_are_warm():
+    """A new rank warms up for about a trial's start-up while the trial trains on at its old K: the
+    growth saves only over the epochs after that, against a regroup's critical path (REGROUP_PRIOR_S
+    until one is measured)."""
     pool = PoolState(workers=2, sizes=[1, 2])
     pool.started("a", 2)
-    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 5, startup_s=4.0) == 1  # at best 0.5 s x 5 saved < 4 s
+    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 5, startup_s=4.0) == 1  # 4 of 5 epochs warming: 0.5 s < 1 s
+    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 6) == 1  # 2 epochs after it: 0.5 s x 2, not more than 1 s
+    assert pool.epoch_end("a", 1, 2, 0.5, 1.0, 7) == 2  # 3 epochs after it: 1.5 s > 1 s
     given = PoolState(workers=2, sizes=[1, 2], regroup_s=0.0)  # --auto-regroup-s 0: the start-up is not used
     given.started("a", 2)
     assert given.epoch_end("a", 1, 2, 0.5, 1.0, 5, startup_s=4.0) == 2

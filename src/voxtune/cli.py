@@ -224,7 +224,8 @@ def _training_verbs(sub) -> None:
                         "batch_size/K, the 1-worker problem), scale-lr (the paper's: lr x K) or per-rank")
     p.add_argument("--auto-regroup-s", type=float,
                    help="auto: what growing a trial costs, in seconds, until a regroup is measured (default: "
-                        "the trials' own start-up to their first epoch, which a new rank pays too)")
+                        "the epochs it trains at its old K while the new rank warms up, about a trial's start-up, "
+                        "and 1 s for the join)")
     _search_flags(p)
     _config_flags(p, epochs=None)
     _stage_flags(p)

@@ -39,22 +39,30 @@ import ray
 
 from voxtune.parallel.modes import GOODPUT_GAIN, Running, decide
 
+# A warm regroup's critical path before one is measured: the join, the rebuild and the resume from the
+# checkpoint (measured 0.1-0.3 s on 2 CPU cores at 24^3-32^3; docs/benchmarks-auto.md#warm-growth-where-two-ranks-pay).
+REGROUP_PRIOR_S = 1.0
+
 
 class PoolState:
     """The search's one view of who trains on how many workers (see the module's docstring); the Pool
     actor holds one."""
 
     def __init__(self, workers: int, sizes: list[int], regroup_s: float | None = None, min_part: int = 1):
-        """regroup_s: what a regroup costs until one is measured (None: estimated from the trials' start-up);
-        min_part: the fewest cases a rank's part of a global batch holds (modes.splits)."""
+        """regroup_s: what a growth costs until a regroup is measured (--auto-regroup-s; None: the warm-up
+        and REGROUP_PRIOR_S, see worth); min_part: the fewest cases a rank's part of a global batch holds."""
         self.workers, self.sizes, self.assumed, self.min_part = workers, sizes, regroup_s, min_part
         self.waiting = 0
         self.running: dict[str, Running] = {}
         self.slow: set[tuple[int, int]] = set()
         self.gain: dict[tuple[int, int], float] = {}  # (batch_size, K): share of an epoch growth to K saved
-        # The longest regroup measured (stop after an epoch to the next one's start); before any, the one
-        # assumed, or the longest a trial took from its start to its first epoch (a new rank pays that too).
-        self.regroup_s = regroup_s or 0.0
+        # A regroup's critical path (the last epoch end at the old K to the first epoch's start at the new):
+        # the longest measured; before any, the one assumed or REGROUP_PRIOR_S.
+        self.regroup_s = REGROUP_PRIOR_S if regroup_s is None else regroup_s
+        self.measured = False
+        # The longest a trial took from its process's start to its first epoch: what a new rank's warm-up
+        # takes too, epochs the growing trial trains at its old K.
+        self.warmup_s = 0.0
         self.log: list[dict[str, Any]] = []  # every change of K, for the tests and the curious
         self.occupancy_ts = 0.0  # when a trial last started, ended or changed its K
         # {trial: the K a growth reserved} while its new ranks warm up and it trains on at the old K: the
@@ -62,13 +70,18 @@ class PoolState:
         self.warming: dict[str, int] = {}
 
     def worth(self, trial: Running, k: int) -> bool:
-        """Growing `trial` to K saves more over its remaining epochs than a regroup costs: at the gain
-        measured for (batch, K) where a trial grew so before, else at the ideal 1 - K_now/K."""
+        """Growing `trial` to K saves more than it costs: at the gain measured for (batch, K) where a trial
+        grew so before, else at the ideal 1 - K_now/K, over the epochs left once the new ranks are warm
+        (the trial trains its epochs at the old K meanwhile), against a regroup's critical path. Before
+        any regroup is measured, an --auto-regroup-s given stands for the whole cost."""
         now_s = trial.epoch_s.get(trial.k)
         if now_s is None or not trial.steady:
             return False
         share = self.gain.get((trial.batch_size, k), 1 - trial.k / k)
-        return share * now_s * trial.epochs_left > self.regroup_s
+        if self.assumed is not None and not self.measured:
+            return share * now_s * trial.epochs_left > self.assumed
+        warm_epochs = math.ceil(self.warmup_s / now_s) if now_s > 0 else 0
+        return share * now_s * max(0, trial.epochs_left - warm_epochs) > self.regroup_s
 
     def set_waiting(self, waiting: int, running: list[str] | None = None) -> None:
         """From the driver: trials waiting for a worker, and the trials Tune runs (a trial Tune has
@@ -96,7 +109,10 @@ class PoolState:
         trial.batch_size, trial.best = batch_size, max(trial.best, val_dice)
         trial.epoch_s[k], trial.epochs_left = epoch_s, epochs_left
         trial.steady = time.time() - epoch_s >= self.occupancy_ts
-        self.regroup_s = max(self.regroup_s, regroup_s, startup_s if self.assumed is None else 0.0)
+        if regroup_s > 0:
+            self.regroup_s = max(self.regroup_s, regroup_s) if self.measured else regroup_s
+            self.measured = True
+        self.warmup_s = max(self.warmup_s, startup_s)
         pending = self.warming.get(trial_id)
         if pending is not None and k < pending:  # an epoch still at the old K while its new ranks warm up
             if self.waiting == 0:
