@@ -223,7 +223,7 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
             state.end(out, "stopped" if summary["stopped_early"] else "finished",
                       **outputs.training_totals(summary["metrics"]))
     if pool is not None:
-        _give_back(pool, tune_id)
+        _give_back(pool, tune_id, out)
     if stopped_by_tune:
         # End the trial's thread the way Tune asked (SystemExit 0), not by returning: a return makes
         # Tune's function runner report once more and block, so a reused actor could not be reset
@@ -310,12 +310,14 @@ def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report,
         state.write(out, workers=k, nodes=group.node_ids, node_ips=group.nodes, pids=group.pids, regroups=regroups)
 
 
-def _give_back(pool, tune_id: str) -> None:
+def _give_back(pool, tune_id: str, out: Path) -> None:
     """A trial of --mode auto ends: its lent workers go back to Ray now (the actor may be reused by the
-    next trial, which starts on one worker), and the Pool stops counting it."""
+    next trial, which starts on one worker), and the Pool stops counting it. A warm growth the trial's
+    end overtook is cancelled, and trial.json says when it had started."""
     global _GROUP
     pool.ended.remote(tune_id)
-    if _GROUP is not None:
+    if getattr(_GROUP, "warming", None) is not None:
+        state.write(out, warm_unjoined={"to": _GROUP.warming["to"], "started_ts": _GROUP.warming["t0"]})
         _GROUP.cancel_warm()
     if _GROUP is not None and _GROUP.workers > 1:
         try:
