@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in the README and docs/benchmarks*.md, from scratch, one script after the other (~4 hours on 2 CPU cores):
+# Every number in the README and docs/benchmarks*.md, from scratch, one script after the other (~4.5 hours on 2 CPU cores):
 #
 #     bash benchmarks/all.sh [WORKDIR]     (default WORKDIR: bench-all; must not exist)
 #
@@ -33,6 +33,8 @@ run bench_cpu bash benchmarks/bench_cpu.sh "$WORK/bench-cpu"
 run startup_parts "$PY" benchmarks/startup_parts.py "$WORK/bench-cpu/cache"  # bench_cpu's 32^3 cache
 run prestart "$PY" benchmarks/prestart.py --work "$WORK/prestart"
 run bench_auto bash benchmarks/bench_auto.sh "$WORK/bench-auto"
+run growth_setting bash benchmarks/growth_setting.sh "$WORK/growth-setting"
+run bench_growth bash benchmarks/bench_growth.sh "$WORK/bench-growth"
 run carry_over "$PY" benchmarks/carry_over.py --work "$WORK/carry-over"
 run bench_folds bash benchmarks/bench_folds.sh "$WORK/bench-folds"
 run tasks bash benchmarks/tasks.sh "$WORK/tasks"
