@@ -165,13 +165,14 @@ def test_auto_settings_refuse_what_auto_cannot_grow():
     assert modes.auto_sizes(4, 2) == [1, 2] and modes.auto_sizes(8, 12) == [1, 2, 3, 4, 6]
 
 
-def _tiny_model(batch_cost: dict[int, float]):
-    """Worked by hand: 4 train cases, batch 2, 2 epochs, no validation; a batch-2 step takes 1 s, so an
+def _tiny_model(batch_cost: dict[int, float], epochs: int = 4):
+    """Worked by hand: 4 train cases, batch 2, 4 epochs, no validation; a batch-2 step takes 1 s, so an
     epoch is 2 steps: 2 s on one worker; on two ranks of batch 1, 2 steps of batch_cost[1] s each (+
-    ALPHA_S per step); a regroup costs 0.5 s (regroup_s: the search's start-up, 0.5 s here)."""
+    ALPHA_S per step); a new rank warms up for 0.5 s and a regroup stops a trial 0.5 s (warmup_s and
+    regroup_s: the search's start-up, 0.5 s here, with no auto run measured)."""
     from voxtune.bench.model import MakespanModel
 
-    return MakespanModel(train_cases=4, val_cases=0, batch_size=2, epochs=2, step_s=1.0, param_bytes=0,
+    return MakespanModel(train_cases=4, val_cases=0, batch_size=2, epochs=epochs, step_s=1.0, param_bytes=0,
                          beta_s_per_byte=0.0, startup_s=0.5, group_startup_s=0.0, trial_overhead_s=0.0,
                          group_overhead_s=0.0, batch_cost=batch_cost, global_batch=True)
 
@@ -182,18 +183,22 @@ def test_the_simulated_auto_schedule_grows_the_last_trial_onto_the_idle_worker()
 
     m = _tiny_model({1: 0.5, 2: 1.0})
     trials = [Trial(), Trial(), Trial()]
-    # Start-up 0.5 s; A and B train 0.5-4.5 s; C starts at 4.5 alone, 1st epoch on 1 worker (-> 6.5),
-    # regroups (-> 7), 2nd epoch on 2 ranks: 2 steps x (0.5 + ALPHA_S) s.
+    # Start-up 0.5 s; A and B train 0.5-8.5 s; C starts at 8.5 alone. Its 1st epoch on 1 worker (-> 10.5)
+    # starts a warm-up (ready at 11.0; 3 epochs left, 1 of them warming: 2 x ~1 s saved > 0.5 s); its 2nd
+    # epoch still on 1 (-> 12.5), then it joins (-> 13.0) and trains epochs 3 and 4 on 2 ranks: 2 steps x
+    # (0.5 + ALPHA_S) s each.
     auto = schedule(m, 2, 1, trials, auto=True)
-    assert auto["wall_s"] == pytest.approx(7.0 + 2 * (0.5 + ALPHA_S)) and auto["grown"] == 1
+    assert auto["wall_s"] == pytest.approx(13.0 + 4 * (0.5 + ALPHA_S)) and auto["grown"] == 1
     fixed = schedule(m, 2, 1, trials)
-    assert fixed["wall_s"] == pytest.approx(8.5) and fixed["grown"] == 0
+    assert fixed["wall_s"] == pytest.approx(16.5) and fixed["grown"] == 0
     # A batch-1 step as dear as a batch-2 one (torch's batch-1 Conv3d on a CPU): growth would not pay.
-    assert schedule(_tiny_model({1: 1.0, 2: 1.0}), 2, 1, trials, auto=True)["wall_s"] == pytest.approx(8.5)
-    # Nor would a regroup dearer than the ~1 s the last epoch can save.
+    assert schedule(_tiny_model({1: 1.0, 2: 1.0}), 2, 1, trials, auto=True)["wall_s"] == pytest.approx(16.5)
+    # Nor where the warm-up outlasts the epochs it could speed up: 2.5 s is 2 of C's 3 epochs left.
     dear = _tiny_model({1: 0.5, 2: 1.0})
-    dear.startup_s = 1.2
+    dear.startup_s = 2.5
     assert schedule(dear, 2, 1, trials, auto=True)["grown"] == 0
+    # A trial of 2 epochs cannot repay one: its warm-up takes the one epoch left.
+    assert schedule(_tiny_model({1: 0.5, 2: 1.0}, epochs=2), 2, 1, trials, auto=True)["grown"] == 0
 
 
 def test_data_mode_says_before_it_starts_when_cpu_ranks_would_take_batch_one():

@@ -100,6 +100,12 @@ class MakespanModel:
         the search's own start-up (startup_s), which a cold new rank pays."""
         return self.regroup_measured_s if self.regroup_measured_s is not None else self.startup_s
 
+    @property
+    def warmup_s(self) -> float:
+        """--mode auto: a new rank's warm-up (its process and imports), which the growing trial spends
+        training at its old K: a trial's start-up (startup_s), which is that and a little more."""
+        return self.startup_s
+
     def overhead(self, k: int) -> float:
         return self.trial_overhead_s + (self.group_overhead_s if k > 1 else 0.0)
 

@@ -62,13 +62,15 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
     """{"wall_s", "training_worker_s", "idle_worker_s", "ends" (each trial's, in queue order), "epochs"
     (each trial's, fewer where ASHA stopped it), "concurrent_trials", "waves", "grown" (trials that
     grew)}. auto: trials start on one worker each (k is 1) and regrow at epoch ends as
-    voxtune.parallel.auto decides (grow_to), each regroup costing regroup_s."""
+    voxtune.parallel.auto decides (grow_to): a growth reserves its workers at once, the trial trains on
+    at its old K for warmup_s (the new ranks' warm-up) and joins them at the next epoch end after it,
+    stopping for regroup_s; a waiting trial cancels a warm-up; a shrink stops for regroup_s."""
     slots = workers // k
     on_node = (lambda w: w) if gpus_per_node is None else (lambda w: min(w, gpus_per_node))
     queue = deque(enumerate(trials))
     now = m.startup(on_node(min(slots, len(trials)) * k), k)
     # [phase ("train": share of this epoch left; "over", "regroup": seconds left), left, index, trial,
-    #  epochs done, K]
+    #  epochs done, K, a warm growth under way: (its K, when its ranks are ready) or None]
     running: list[list[Any]] = []
     ends, trained = [0.0] * len(trials), [0] * len(trials)
     rungs: dict[int, list[float]] = {}
@@ -76,9 +78,12 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
     grown: set[int] = set()
 
     def start_next() -> None:
-        while queue and (sum(r[5] for r in running) < workers if auto else len(running) < slots):
+        while queue and (sum(reserved(r) for r in running) < workers if auto else len(running) < slots):
             i, trial = queue.popleft()
-            running.append(["train", 1.0, i, trial, 0, k])
+            running.append(["train", 1.0, i, trial, 0, k, None])
+
+    def reserved(r: list[Any]) -> int:
+        return max(r[5], r[6][0]) if r[6] is not None else r[5]
 
     def next_epoch(r: list[Any]) -> None:
         """After an epoch: ASHA's verdict at a rung, then the next epoch (auto: on the K grow_to gives)
@@ -94,10 +99,10 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
         if stop:
             r[0], r[1] = "over", m.overhead(r[5])
             return
-        new_k = grow_to(m, r, running, workers, len(queue), gpus_per_node) if auto else r[5]
-        if new_k > r[5]:
+        if not auto:
+            r[0], r[1] = "train", 1.0
+        elif _auto_step(m, r, now, len(queue), lambda: grow_to(m, r, running, workers, len(queue), gpus_per_node)):
             grown.add(r[2])
-        r[0], r[1], r[5] = ("regroup", m.regroup_s, new_k) if new_k != r[5] else ("train", 1.0, r[5])
 
     start_next()
     while running:
@@ -132,15 +137,35 @@ def schedule(m: MakespanModel, workers: int, k: int, trials: list[Trial], gpus_p
             "grown": len(grown)}
 
 
+def _auto_step(m: MakespanModel, r: list[Any], now: float, waiting: int, new_k) -> bool:
+    """auto, at trial r's epoch end (not its last): a warm growth joins once its ranks are ready (stopping
+    regroup_s), or the trial trains on at its K; a waiting trial cancels it; else the K new_k() gives: a
+    growth starts warming (its workers reserved), a shrink stops regroup_s. True where a growth joined."""
+    if r[6] is not None and not waiting:
+        if now >= r[6][1]:
+            r[0], r[1], r[5], r[6] = "regroup", m.regroup_s, r[6][0], None
+            return True
+        r[0], r[1] = "train", 1.0
+        return False
+    r[6] = None
+    k = new_k()
+    if k > r[5]:
+        r[0], r[1], r[6] = "train", 1.0, (k, now + m.warmup_s)
+    else:
+        r[0], r[1], r[5] = ("regroup", m.regroup_s, k) if k != r[5] else ("train", 1.0, r[5])
+    return False
+
+
 def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: int, waiting: int,
             gpus_per_node: int | None = None) -> int:
     """The K trial r trains its next epoch on: voxtune.parallel.modes.decide, the Pool's own rule, on the
     simulated search (each trial's best Dice is its Trial.quality, its start its queue index). Growth to K
     pays where the model says: an epoch faster by GOODPUT_GAIN (so no (batch, K) is ever judged slow
-    after the fact), saving more over the trial's remaining epochs than a regroup costs (regroup_s)."""
+    after the fact), saving more over the epochs left once the new ranks are warm (warmup_s) than a
+    regroup costs (regroup_s)."""
     training = [x for x in running if x[0] != "over"]
     busy = sum(x[5] for x in training)
-    view = {x[2]: Running(started=float(x[2]), k=x[5], batch_size=m.batch_size,
+    view = {x[2]: Running(started=float(x[2]), k=max(x[5], x[6][0]) if x[6] is not None else x[5], batch_size=m.batch_size,
                           best=x[3].quality if x[0] != "over" else -math.inf) for x in running}
     owner = {id(view[x[2]]): x for x in running}
 
@@ -150,7 +175,8 @@ def grow_to(m: MakespanModel, r: list[Any], running: list[list[Any]], workers: i
             return False
         now_s, left = epoch_s(m, x[5], busy, x[3].config, gpus_per_node), (x[3].epochs or m.epochs) - x[4]
         grown_s = epoch_s(m, n, busy + n - x[5], x[3].config, gpus_per_node)
-        return grown_s < GOODPUT_GAIN * now_s and (now_s - grown_s) * left > m.regroup_s
+        warm = math.ceil(m.warmup_s / now_s) if now_s > 0 else 0
+        return grown_s < GOODPUT_GAIN * now_s and (now_s - grown_s) * max(0, left - warm) > m.regroup_s
 
     return decide(r[2], view, workers, waiting, auto_sizes(workers, m.batch_size, m.min_part), set(), worth,
                   m.min_part)
