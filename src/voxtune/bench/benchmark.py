@@ -160,7 +160,7 @@ def measure_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
         "trial_epochs": [len(metrics[r["trial_id"]]) for r in started],  # fewer where ASHA stopped a trial
         "best_val_dice": max((e["val_dice"] for e in epochs), default=None),
         # auto: each regroup's critical path (the last epoch end at the old K to the first at the new)
-        "regroups": [g for r in rows for g in read_json(RunDir(run_dir).trial(r["trial_id"]).state, {}).get("regroups", [])],
+        "regroups": [g for r in rows for g in state.read(RunDir(run_dir).trial(r["trial_id"]).path).get("regroups", [])],
         "test_dice": (best.get("test") or {}).get("test_dice"),
         # (seconds since the search's start, val Dice) of every epoch: time to a target is read off these.
         "curve": (curve := sorted((e["end_ts"] - summary["search_start_ts"], e["val_dice"]) for e in epochs)),
