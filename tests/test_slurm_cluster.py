@@ -163,7 +163,7 @@ def test_tune_on_two_nodes_cancelled_then_resumed(slurm, job_path, cache_dir, tm
     _staged_on_both(slurm, staging)
     assert {(s["files_copied"], s["files_reused"] > 0) for s in staging.values()} == {(0, True)}, staging
     _read_on_own_node(slurm, [run / "trials" / r["trial_id"] for r in rows])
-    assert _staged_left(slurm) == []  # removed when the search ended
+    assert _staged_left(slurm) == [], job.output[-3000:]  # removed when the search ended
 
 
 def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tmp_path):
@@ -198,4 +198,4 @@ def test_bench_stopped_then_resubmitted_continues(slurm, job_path, cache_dir, tm
     # The launcher staged the cache once per node for the whole bench; each rank read its own node's copy.
     _staged_on_both(slurm, result["settings"]["staging"])
     _read_on_own_node(slurm, list((second / "trials").iterdir()))
-    assert _staged_left(slurm) == []  # removed when the search ended
+    assert _staged_left(slurm) == [], job.output[-3000:]  # removed when the search ended

@@ -32,7 +32,7 @@ def test_a_staged_copy_is_the_cache_file_for_file(cache_dir, tmp_path):
     cid = manifest["cases"][0]["id"]
     for a, b in zip(load_case(cache_dir, cid), load_case(done.path, cid)):
         np.testing.assert_array_equal(a, b)
-    unstage(cache_dir, tmp_path / "local")
+    assert unstage(cache_dir, tmp_path / "local") == []  # nothing left behind
     assert list((tmp_path / "local").iterdir()) == []
 
 

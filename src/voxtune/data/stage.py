@@ -185,11 +185,14 @@ def stage_cache(cache_dir: str | Path, dest: str | Path, node: str | None = None
                   f"{folder}: {len(todo)} file(s) copied ({copied / 1e6:.1f} MB), {reused} reused ({how})")
 
 
-def unstage(cache_dir: str | Path, dest: str | Path) -> None:
-    """Remove what stage_cache made in DEST for this cache (the folder and its lock file)."""
+def unstage(cache_dir: str | Path, dest: str | Path) -> list[str]:
+    """Remove what stage_cache made in DEST for this cache (the folder and its lock file); returns what
+    could not be removed (nothing, normally)."""
     folder = stage_folder(dest, cache_dir)
+    lock = folder.with_name(folder.name + ".lock")
     shutil.rmtree(folder, ignore_errors=True)
-    folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
+    lock.unlink(missing_ok=True)
+    return [str(p) for p in (folder, lock) if p.exists()]
 
 
 @contextmanager

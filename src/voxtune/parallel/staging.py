@@ -51,9 +51,12 @@ def stage_nodes(cache_dir: str, dest: str, log=print, quick: bool = False) -> di
     return done
 
 
-def unstage_nodes(cache_dir: str, dest: str) -> None:
-    """Remove the staged copies on every node (--keep-stage skips this)."""
-    _on_each_node(unstage, cache_dir, dest)
+def unstage_nodes(cache_dir: str, dest: str, log=print) -> None:
+    """Remove the staged copies on every node (--keep-stage skips this); one line for what a node could
+    not remove."""
+    for node, left in _on_each_node(unstage, cache_dir, dest).items():
+        if left:
+            log(f"stage: could not remove {', '.join(left)} on node {node}; remove it by hand")
 
 
 def staged_paths(staging: dict[str, dict[str, Any]]) -> dict[str, str]:
