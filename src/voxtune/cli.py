@@ -66,6 +66,7 @@ def _resume_conflicts(args: argparse.Namespace) -> list[str]:
     """The flags of a `tune --resume` that ask for something other than the saved search (its search.json
     decides: a flag repeated with its saved value is fine, any other would be silently ignored)."""
     from voxtune.config import load_config, parse_overrides
+    from voxtune.data.stage import stage_arg
     from voxtune.parallel.space import load_space
     from voxtune.parallel.tune import saved_settings
 
@@ -77,7 +78,7 @@ def _resume_conflicts(args: argparse.Namespace) -> list[str]:
     base = saved.base_config
     same = {"cache": lambda v: str(Path(v).resolve()) == saved.cache_dir,
             "space": lambda v: load_space(v) == saved.space,
-            "stage": lambda v: saved.stage in (v, str(Path(v).absolute())),
+            "stage": lambda v: stage_arg(v, False) == saved.stage,
             "config": lambda v: load_config(v, parse_overrides(args.set)).to_dict() == base,
             "set": lambda v: all(base.get(k) == x for k, x in parse_overrides(v).items()),
             "epochs": lambda v: base.get("epochs") == v, "folds": lambda v: base.get("folds") == v}

@@ -31,7 +31,7 @@ from typing import Any
 
 from voxtune.config import make_config
 from voxtune.data.cache import case_ids, read_manifest, region_names
-from voxtune.data.stage import KEEP_WITHOUT_STAGE
+from voxtune.data.stage import stage_arg
 from voxtune.errors import VoxtuneError
 from voxtune.bench.record import FORMAT, bench_rows
 from voxtune.bench.stepcost import for_bench
@@ -305,13 +305,6 @@ def _run_points(runs, repeats: int, layout: BenchDir, cache, space: dict[str, An
     return points, failed
 
 
-def _stage_dir(stage: str | None, keep_stage: bool) -> str | None:
-    """--stage as every search of the bench gets it: absolute, unless $VARS or ~ expand on each node."""
-    if keep_stage and not stage:
-        raise VoxtuneError(KEEP_WITHOUT_STAGE)
-    return stage if not stage or stage.startswith(("$", "~")) else str(Path(stage).absolute())
-
-
 def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: list[str], trials: int,
               space: str | dict[str, Any] = "paper", workers_per_trial: int | None = None,
               cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
@@ -332,7 +325,7 @@ def run_bench(cache: str | Path, out: str | Path, *, workers: list[int], modes: 
         raise VoxtuneError(f"--scheduler {scheduler}: choose fifo or asha")
     if target_dice is not None and not 0 < target_dice <= 1:
         raise VoxtuneError(f"--target-dice {target_dice}: must be in (0, 1]")
-    stage = _stage_dir(stage, keep_stage)
+    stage = stage_arg(stage, keep_stage)
     manifest = read_manifest(cache)
     base = make_config(base_config or {})
     if base.scale_lr and len(runs) > 1:

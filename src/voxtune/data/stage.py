@@ -195,12 +195,19 @@ def unstage(cache_dir: str | Path, dest: str | Path) -> list[str]:
     return [str(p) for p in (folder, lock) if p.exists()]
 
 
+def stage_arg(dest: str | None, keep: bool) -> str | None:
+    """--stage DIR as the run records and passes it on: refused with --keep-stage but no DIR; made absolute
+    unless it starts with $ or ~, which expand on each node (stage_folder)."""
+    if keep and not dest:
+        raise VoxtuneError(KEEP_WITHOUT_STAGE)
+    return dest if not dest or dest.startswith(("$", "~")) else str(Path(dest).absolute())
+
+
 @contextmanager
 def staged(cache_dir: str, dest: str | None, keep: bool = False, log=print) -> Iterator[str]:
     """`train --stage DIR`: the cache to read, this machine's staged copy where it could be made (removed
     on the way out unless keep), else the shared one."""
-    if keep and not dest:
-        raise VoxtuneError(KEEP_WITHOUT_STAGE)
+    dest = stage_arg(dest, keep)
     if not dest:
         yield cache_dir
         return

@@ -117,8 +117,7 @@ class PoolState:
         if pending is not None and k < pending:  # an epoch still at the old K while its new ranks warm up
             if self.waiting == 0:
                 return pending  # the workers stay reserved for it (trial.k); nothing to judge yet
-            del self.warming[trial_id]  # a trial waits: the warm ranks are cancelled, their workers go to it
-            trial.grew_from = None
+            trial.grew_from = None  # a trial waits: the warm ranks are cancelled, their workers go to it
             self._change(trial_id, trial, k, "warm growth cancelled: waiting trials")
         self.warming.pop(trial_id, None)
         trial.k = k

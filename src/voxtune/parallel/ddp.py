@@ -192,6 +192,14 @@ class WorkerGroup:
             self.pids.append(pid)
         self.workers = workers
 
+    def _reserve(self, ranks: int):
+        """A placement group of `ranks` workers' bundles (PACK: one node where it can, several where it
+        must), asked of Ray now; it fate-shares with this actor."""
+        from ray.util.placement_group import placement_group
+
+        bundle = {"CPU": self.cpus} | ({"GPU": self.gpus} if self.gpus else {})
+        return placement_group([bundle] * ranks, strategy="PACK")
+
     def resize(self, workers: int, wait_s: float = 10.0) -> int:
         """--mode auto, between two fits of a trial: rank 0 (this process, in the trial's own one-bundle
         placement group) and workers - 1 ranks in a placement group reserved now from Ray (PACK: one
@@ -200,12 +208,11 @@ class WorkerGroup:
         fate-shares with this actor: a trial that dies gives its lent workers back with it."""
         if workers == self.workers:
             return workers
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import remove_placement_group
 
         lent, t0 = None, time.perf_counter()
         if workers > 1:
-            bundle = {"CPU": self.cpus} | ({"GPU": self.gpus} if self.gpus else {})
-            lent = placement_group([bundle] * (workers - 1), strategy="PACK")
+            lent = self._reserve(workers - 1)
             ready, _ = ray.wait([lent.ready()], timeout=wait_s)
             if not ready:
                 remove_placement_group(lent)
@@ -260,10 +267,7 @@ class WorkerGroup:
         """--mode auto's warm growth to `workers`: reserve the added workers' bundles and start their Rank
         actors with a warm-up call (their process and imports) now, without waiting; the trial trains on
         meanwhile and joins them (join_warm) at the first epoch end after warm_ready() says so."""
-        from ray.util.placement_group import placement_group
-
-        bundle = {"CPU": self.cpus} | ({"GPU": self.gpus} if self.gpus else {})
-        pg = placement_group([bundle] * (workers - self.workers), strategy="PACK")
+        pg = self._reserve(workers - self.workers)
         ranks = self._new_ranks([(pg, i) for i in range(workers - self.workers)])
         self.warming = {"to": workers, "pg": pg, "ranks": ranks, "futures": [r.warm.remote() for r in ranks],
                         "t0": time.time()}
@@ -303,7 +307,6 @@ class WorkerGroup:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-        self.nodes, self.node_ids, self.pids = self.nodes[:1], self.node_ids[:1], self.pids[:1]
         self.lent = [*(self.lent or []), warm["pg"]]
         self._join_peers([*self.ranks, *warm["ranks"]])
         self.last_resize = {"to": self.workers, "warm": True, "warm_s": warm["ready_ts"] - warm["t0"],

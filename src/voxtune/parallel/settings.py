@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from voxtune.config import TrainConfig, make_config
-from voxtune.data.stage import KEEP_WITHOUT_STAGE
+from voxtune.data.stage import stage_arg
 from voxtune.errors import VoxtuneError
 from voxtune.parallel import modes
 from voxtune.parallel.space import count_trials, load_space, validate_space
@@ -76,8 +76,7 @@ class SearchSettings:
             raise VoxtuneError(f"unknown --search '{self.search}'; choose one of {', '.join(SEARCHES)}")
         if self.scheduler not in SCHEDULERS:
             raise VoxtuneError(f"unknown --scheduler '{self.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
-        if self.keep_stage and not self.stage:
-            raise VoxtuneError(KEEP_WITHOUT_STAGE)
+        stage = stage_arg(self.stage, self.keep_stage)
         if self.stage_verified and not (self.stage and self.keep_stage):
             raise VoxtuneError("stage_verified: a search reuses copies a bench staged and keeps; give stage and keep_stage")
         if self.workers < 1:
@@ -122,7 +121,7 @@ class SearchSettings:
                                "its own part of the batch, not the global batch's, so the trial would not train the "
                                "1-worker problem; use loss dice (per case) or --ddp-recipe scale-lr (the paper's)")
         checked = replace(self, workers_per_trial=None if self.mode == "auto" else k, ddp_recipe=recipe, cache_dir=str(Path(self.cache_dir).resolve()),
-                          stage=self.stage if not self.stage or self.stage.startswith(("$", "~")) else str(Path(self.stage).absolute()))
+                          stage=stage)
         checked.trial_config()  # a batch the recipe cannot split is refused before anything runs
         return checked
 

@@ -47,8 +47,12 @@ def stage_nodes(cache_dir: str, dest: str, log=print, quick: bool = False) -> di
     log(f"staging {cache_dir} into {dest} on every node (one copy per node, each file checked as it lands)")
     done = _on_each_node(_stage_here, cache_dir, dest, quick)
     for staged in done.values():
-        log(f"stage {staged['node']}: {staged['note']} in {staged['seconds']:.1f}s")
+        log(_stage_line(staged))
     return done
+
+
+def _stage_line(staged: dict[str, Any]) -> str:
+    return f"stage {staged['node']}: {staged['note']} in {staged['seconds']:.1f}s"
 
 
 def unstage_nodes(cache_dir: str, dest: str, log=print) -> None:
@@ -92,7 +96,7 @@ def cluster_staged(cache_dir: str, dest: str, address: str | None, keep: bool, l
     machine, and no Ray is started for it."""
     if address is None:
         done = stage_cache(cache_dir, dest).to_dict()
-        log(f"stage {done['node']}: {done['note']} in {done['seconds']:.1f}s")
+        log(_stage_line(done))
         yield {done["node"]: done}
         if not keep:
             unstage(cache_dir, dest)

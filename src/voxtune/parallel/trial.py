@@ -276,18 +276,13 @@ def _regroup(pool, tune_id: str, record: dict[str, Any], cfg, regrouped: list, o
     if k <= record["workers"] and warming is not None:
         _GROUP.cancel_warm()
         state.write(out, warm_cancelled=[*state.read(out).get("warm_cancelled", []), record["epoch"]])
-    if k < record["workers"]:
-        regrouped[:] = [(record["end_ts"], "regroup")]
-        return [k]
-    if k == record["workers"]:
-        return []
-    if warming is None:
+    if k > record["workers"] and warming is None:
         _GROUP.warm(k)
         return []
-    if warming["to"] != k or not _GROUP.warm_ready():
-        return []
-    regrouped[:] = [(record["end_ts"], "regroup")]
-    return [k]
+    if k < record["workers"] or (k > record["workers"] and warming["to"] == k and _GROUP.warm_ready()):
+        regrouped[:] = [(record["end_ts"], "regroup")]
+        return [k]
+    return []
 
 
 def _fit_growing(group: WorkerGroup, cfg, plan: TrialPlan, out: Path, report,
