@@ -20,13 +20,8 @@ uptime
 bench_phantoms 20 32 --split 0.5 0.3 0.2
 printf 'lr: {grid: [0.001, 0.003, 0.005]}\nnorm: gn\n' > "$WORK/space-b.yaml"
 printf 'lr: {grid: [0.0005, 0.001, 0.003, 0.005]}\namsgrad: {grid: [false, true]}\nnorm: gn\n' > "$WORK/space-c.yaml"
-bench() {  # bench NAME TRIALS EPOCHS SCHEDULER
-    "$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/$1" --space "$WORK/space-$1.yaml" --workers 1 2 \
-        --modes experiment data auto --trials "$2" --epochs "$3" --scheduler "$4" --repeats 3 \
-        --ddp-recipe global-batch --set batch_size=4
-}
-bench b 3 8 fifo
-bench c 8 8 asha
+bench_modes b 3 8 fifo
+bench_modes c 8 8 asha
 "$PY" benchmarks/auto_table.py "$WORK"
 "$PY" benchmarks/growth_table.py "$WORK"
 uptime

@@ -19,6 +19,10 @@
 #                                    WORK/Task01_BrainTumour, then `voxtune prepare` them into WORK/cache with
 #                                    ARG... (e.g. --split 0.5 0.3 0.2: the bench's 20-case set, which
 #                                    benchmarks/bench_set.py makes for the Python scripts)
+#   bench_modes NAME TRIALS EPOCHS SCHEDULER
+#                                    `voxtune bench` of auto against experiment and data (global-batch) on 1 and
+#                                    2 workers, 3 seeded repeats, batch 4, on WORK/cache with WORK/space-NAME.yaml,
+#                                    into WORK/NAME (bench_auto.sh, bench_growth.sh)
 # The `|| exit 1` stops a script whose lib.sh is missing (set -e is not on yet at that line); a failure
 # inside lib.sh exits on its own.
 set -euo pipefail
@@ -41,4 +45,10 @@ bench_record() {  # bench_record: makes WORK and records the commit and uncommit
 bench_phantoms() {  # bench_phantoms CASES SIZE [PREPARE_ARG...]: WORK/Task01_BrainTumour and its cache WORK/cache
     "$VOXTUNE" synth --out "$WORK/Task01_BrainTumour" --cases "$1" --shape "$2" "$2" "$2" --seed 0
     "$VOXTUNE" prepare --source "$WORK/Task01_BrainTumour" --out "$WORK/cache" "${@:3}"
+}
+
+bench_modes() {  # bench_modes NAME TRIALS EPOCHS SCHEDULER: auto, experiment and data on 1 and 2 workers
+    "$VOXTUNE" bench --cache "$WORK/cache" --out "$WORK/$1" --space "$WORK/space-$1.yaml" --workers 1 2 \
+        --modes experiment data auto --trials "$2" --epochs "$3" --scheduler "$4" --repeats 3 \
+        --ddp-recipe global-batch --set batch_size=4
 }
